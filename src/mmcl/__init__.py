@@ -1,0 +1,8 @@
+"""mmcl: multi-modal continual learning."""
+__version__ = "0.1.0"
+
+
+def run(preset, overrides=None, run_dir=None):
+    """Train and evaluate a preset; see mmcl.api.run."""
+    from mmcl.api import run as _run
+    return _run(preset, overrides, run_dir)

@@ -1,0 +1,5 @@
+import sys
+
+from mmcl.cli import main
+
+sys.exit(main())

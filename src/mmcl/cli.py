@@ -1,0 +1,105 @@
+"""The `mmcl` command: run, prepare, report, list, config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+
+from mmcl.config import ConfigError, build_config, config_reference, iter_keys, preset_names
+
+log = logging.getLogger("mmcl")
+
+
+def _keys_help() -> str:
+    lines = ["config keys (key=value; see docs/config.md):"]
+    for key, typ, default, text in iter_keys():
+        lines.append(f"  {key} ({typ}, default {default!r})")
+        lines.extend(textwrap.wrap(text, 88, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmcl", description="Multi-modal continual learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and evaluate a preset", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a method on a task stream and evaluate after every task.\n"
+                                   f"presets: {', '.join(preset_names())} (or a path to a YAML file)",
+                       epilog=_keys_help())
+    r.add_argument("preset")
+    r.add_argument("overrides", nargs="*", metavar="key=value")
+    r.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
+    r.add_argument("-v", "--verbose", action="store_true")
+    pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)")
+    pr.add_argument("preset")
+    pr.add_argument("overrides", nargs="*", metavar="key=value")
+    rep = sub.add_parser("report", help="(re)write a run folder's plots and report")
+    rep.add_argument("run_dir")
+    sub.add_parser("list", help="presets, methods, data sets and encoders")
+    c = sub.add_parser("config", help="print the resolved config of a preset, or the key reference")
+    c.add_argument("preset", nargs="?")
+    c.add_argument("overrides", nargs="*", metavar="key=value")
+    c.add_argument("--reference", action="store_true", help="print every key as a Markdown table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"mmcl: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmcl: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        # User-facing errors (data, checkpoints, training) carry their own explanation.
+        if getattr(args, "verbose", False):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mmcl: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    if args.command == "list":
+        from mmcl import registry
+        print("presets:", ", ".join(preset_names()))
+        for kind in ("method", "dataset", "encoder"):
+            print(f"{kind}s:")
+            for name, text in registry.describe(kind):
+                print(f"  {name:14s} {text}")
+        return 0
+    if args.command == "config":
+        if args.reference or not args.preset:
+            print(config_reference(), end="")
+        else:
+            from mmcl.config import to_yaml
+            print(to_yaml(build_config(args.preset, args.overrides)), end="")
+        return 0
+    if args.command == "report":
+        from mmcl.report import write_report
+        for path in write_report(args.run_dir):
+            print(path)
+        return 0
+    cfg = build_config(args.preset, args.overrides)
+    if args.command == "prepare":
+        from mmcl.data.prepared import prepare
+        from mmcl.encoders import build_encoder
+        data = prepare(cfg, {m: build_encoder(m, cfg) for m in cfg.data.modalities}, progress=sys.stderr.isatty())
+        print(f"prepared {len(data)} samples of {cfg.data.dataset}")
+        return 0
+    from mmcl.engine import Experiment
+    from mmcl.report import format_metrics_table
+    exp = Experiment(cfg, args.run_dir)
+    results = exp.run()
+    print(format_metrics_table(results))
+    print(f"run folder: {exp.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""Typed experiment configuration.
+
+Every number that shapes an experiment is a field here, with a default and a one-line doc
+(``doc(...)`` metadata). Presets (``presets/*.yaml``) override defaults; ``key=value``
+overrides from the command line override presets. Unknown keys and wrong types fail with a
+message that names the key and suggests the closest valid one.
+
+Defaults marked [C] are our choices where the paper's text is not available
+(see docs/METHOD.md); [P] marks what the paper states.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: names the key or value and what to do."""
+
+
+def doc(text: str, default: Any = MISSING, factory: Any = MISSING):
+    kw = {"metadata": {"doc": text}}
+    if factory is not MISSING:
+        return field(default_factory=factory, **kw)
+    return field(default=default, **kw)
+
+
+def _default_stamps_root() -> str:
+    return os.environ.get("MMCL_TUXPAINT_ROOT", "/usr/share/tuxpaint/stamps")
+
+
+def _default_cache_dir() -> str:
+    return os.environ.get("MMCL_CACHE", str(Path.home() / ".cache" / "mmcl"))
+
+
+TUXPAINT_CLASSES = [
+    "animals/mammals", "food/fruit", "animals/birds", "town/houses", "symbols/money",
+    "plants/flowers", "town/roadsigns", "food/vegetables", "seasonal/christmas",
+    "seasonal/halloween", "animals/insects", "symbols/music", "symbols/chess", "clothes",
+    "hobbies/music", "seasonal/easter",
+]
+TUXPAINT_LANGUAGES = ["fr", "ru", "ro", "ca", "bg", "es"]
+
+
+@dataclass
+class RunConfig:
+    name: str = doc("run folder name under run.out_dir; empty: '<preset>-<method>-s<seed>'", "")
+    out_dir: str = doc("parent folder of run folders", "runs")
+    seed: int = doc("seed for class order, splits, initialisation, routing noise, sampling", 0)
+    device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)", "auto")
+    threads: int = doc("torch CPU threads; 0 keeps torch's default", 0)
+    progress: str = doc("progress bars: 'auto' (only on a terminal), 'on' or 'off'", "auto")
+    save_checkpoint: bool = doc("write the final checkpoint (safetensors + JSON) to checkpoints/", True)
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = doc("registered encoder: mobilenetv2, ge2e, hf_text", "")
+    source: str = doc(
+        "where weights come from: 'package' (weights shipped in a pip package), a local "
+        "folder or file, a Hugging Face id (hf_text), or 'random' (tiny random config, tests)", "package")
+    width: int = doc("hidden width of the 'random' config (tests); ignored otherwise", 32)
+    layers: int = doc("layer count of the 'random' config (tests); ignored otherwise", 3)
+
+
+@dataclass
+class EncodersConfig:
+    image: EncoderConfig = doc("image encoder", factory=lambda: EncoderConfig(kind="mobilenetv2"))
+    text: EncoderConfig = doc("text encoder", factory=lambda: EncoderConfig(kind="hf_text"))
+    speech: EncoderConfig = doc("speech encoder", factory=lambda: EncoderConfig(kind="ge2e"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = doc("registered data set", "tuxpaint")
+    root: str = doc("data set root ($MMCL_TUXPAINT_ROOT for tuxpaint)", factory=_default_stamps_root)
+    cache_dir: str = doc("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
+    modalities: list[str] = doc("modalities used, in order", factory=lambda: ["image", "text", "speech"])
+    classes: list[str] = doc("class names (tuxpaint: stamp folders)", factory=lambda: list(TUXPAINT_CLASSES))
+    languages: list[str] = doc("languages (tuxpaint: one sample per stamp and language)",
+                               factory=lambda: list(TUXPAINT_LANGUAGES))
+    split: list[float] = doc("train / val / test fractions, split by stamp with the seed", factory=lambda: [0.7, 0.1, 0.2])
+    image_size: int = doc("images are resized to this square size (pixels)", 128)
+    max_text_tokens: int = doc("text is truncated to this many tokens", 64)
+    max_speech_seconds: float = doc("speech is cut to this many seconds", 3.0)
+    sample_rate: int = doc("speech is resampled to this rate (Hz); GE2E expects 16000", 16000)
+    cache_prefix: bool = doc(
+        "cache each frozen encoder's prefix (tokenizer + block 1, before the first adapter) at "
+        "preparation time; exact because inputs are not augmented", True)
+    max_stamps_per_class: int = doc("cap on stamps per class (0: all); for quick experiments", 0)
+
+
+@dataclass
+class ScenarioConfig:
+    kind: str = doc("'class' (class-incremental, growing head) or 'domain' (domain-incremental, fixed head)", "class")
+    num_tasks: int = doc("number of tasks (class: classes split evenly; domain: one domain per task)", 4)
+    class_order: str = doc("'seed' (shuffled by run.seed) or 'given' (data.classes order)", "seed")
+
+
+@dataclass
+class ModelConfig:
+    blocks: int = doc("B: each frozen encoder's layers are split into B contiguous groups [C]", 3)
+    dim_z: int = doc("width of per-modality and joint representations [C]", 256)
+    head_hidden: int = doc("hidden width of the projection and fusion MLPs [C]", 256)
+    pool: str = doc("token pooling before projection: 'mean' (over valid tokens)", "mean")
+    adapters: bool = doc("cross-modality adapters after every block; false = frozen features only", True)
+
+
+@dataclass
+class AdapterConfig:
+    num_experts: int = doc("experts per block [P: 10]", 10)
+    top_k: int = doc("experts chosen per routing [P: 2]", 2)
+    dense: bool = doc("ablation: softmax over all experts, every expert computed (no top-k)", False)
+    dim: int = doc("shared adapter width d [C]", 128)
+    expert: str = doc("'cross_attention' or 'channel_token_map' [C]", "cross_attention")
+    context_tokens: int = doc("other modalities' tokens are mean-pooled to at most this many each [C]", 32)
+    route: str = doc("routing granularity: 'sample' (per sample and modality) [C]", "sample")
+    noisy_gating: bool = doc("learned Gaussian noise on gate logits in training (noisy top-k) [C]", True)
+    balance_weight: float = doc("lambda_lb of cv^2(importance) + cv^2(load) [C]", 0.01)
+
+
+@dataclass
+class FreezeConfig:
+    enabled: bool = doc("freeze heavily used experts after each task [P]", True)
+    threshold: float = doc("freeze experts whose routing share f_e exceeds this [P: 0.10]", 0.10)
+    normalize: str = doc("'slots': f_e = count_e / (top_k * routings), shares sum to 1 [C]", "slots")
+
+
+@dataclass
+class LossConfig:
+    distil: float = doc("lambda_d, weight of L_distil [C]", 1.0)
+    align: float = doc("lambda_a, weight of L_align [C]", 1.0)
+    preserve: float = doc("lambda_p, weight of L_preserve [C]", 1.0)
+    distil_T: float = doc("distillation temperature [C]", 2.0)
+    distil_on_current: bool = doc("also distil on the current batch (old outputs computed once at task start) [C]", False)
+    align_kind: str = doc("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]", "joint_infonce")
+    align_tau: float = doc("temperature of the InfoNCE alignment [C]", 0.1)
+    align_detach_joint: bool = doc("stop gradients through z_joint in L_align (the joint is the anchor) [C]", True)
+    preserve_tau: float = doc("temperature of the pairwise-similarity distributions [C]", 0.1)
+
+
+@dataclass
+class MemoryConfig:
+    size: int = doc("rehearsal memory size in samples [P: 200]", 200)
+    selection: str = doc("'herding' (on z_joint) or 'random' [C]", "herding")
+    batch_size: int = doc("memory samples drawn per training step from task 2 on [C]", 32)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = doc("epochs per task", 3)
+    batch_size: int = doc("current-task samples per step [C]", 32)
+    lr: float = doc("AdamW learning rate [C]", 1e-3)
+    weight_decay: float = doc("AdamW weight decay [C]", 1e-4)
+    schedule: str = doc("'cosine' within each task, or 'constant'", "cosine")
+    precision: str = doc("'fp32' or 'bf16' (autocast)", "fp32")
+    grad_clip: float = doc("max gradient norm; 0 disables", 0.0)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = doc("evaluation batch size", 128)
+
+
+@dataclass
+class MethodConfig:
+    name: str = doc("registered method ('cma': the paper's method)", "cma")
+
+
+@dataclass
+class Config:
+    preset: str = doc("preset this config started from", "")
+    run: RunConfig = doc("run folder, seed, device", factory=RunConfig)
+    data: DataConfig = doc("data set and preparation", factory=DataConfig)
+    encoders: EncodersConfig = doc("frozen pre-trained encoders per modality", factory=EncodersConfig)
+    scenario: ScenarioConfig = doc("task stream", factory=ScenarioConfig)
+    model: ModelConfig = doc("MMEncoder and heads", factory=ModelConfig)
+    adapter: AdapterConfig = doc("cross-modality adapter (mixture of experts)", factory=AdapterConfig)
+    freeze: FreezeConfig = doc("expert freezing", factory=FreezeConfig)
+    loss: LossConfig = doc("loss weights and parameters", factory=LossConfig)
+    memory: MemoryConfig = doc("rehearsal memory", factory=MemoryConfig)
+    train: TrainConfig = doc("optimisation", factory=TrainConfig)
+    eval: EvalConfig = doc("evaluation", factory=EvalConfig)
+    method: MethodConfig = doc("method", factory=MethodConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+def iter_keys(cls=Config, prefix: str = ""):
+    """Yield (dotted key, type name, default, doc) for every leaf key of the config."""
+    inst = cls()
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(inst, f.name)
+        if is_dataclass(value):
+            yield from _iter_instance(value, key + ".")
+        else:
+            yield key, _type_name(f.type), value, f.metadata.get("doc", "")
+
+
+def _iter_instance(inst, prefix):
+    for f in fields(inst):
+        key = f"{prefix}{f.name}"
+        value = getattr(inst, f.name)
+        if is_dataclass(value):
+            yield from _iter_instance(value, key + ".")
+        else:
+            yield key, _type_name(f.type), value, f.metadata.get("doc", "")
+
+
+def _type_name(t) -> str:
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def valid_keys() -> list[str]:
+    return [k for k, *_ in iter_keys()]
+
+
+def config_reference() -> str:
+    """Markdown table of every config key (docs/config.md is generated from this)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, text in iter_keys():
+        if key == "data.root":
+            default = "$MMCL_TUXPAINT_ROOT or /usr/share/tuxpaint/stamps"
+        elif key == "data.cache_dir":
+            default = "$MMCL_CACHE or ~/.cache/mmcl"
+        lines.append(f"| `{key}` | {typ} | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _closest(key: str) -> str:
+    keys = valid_keys()
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not match:  # also try the last component alone (e.g. 'epochs' -> 'train.epochs')
+        tails = {k.split(".")[-1]: k for k in keys}
+        m = difflib.get_close_matches(key.split(".")[-1], list(tails), n=1, cutoff=0.6)
+        match = [tails[m[0]]] if m else []
+    return f" Did you mean '{match[0]}'?" if match else " Run 'mmcl run --help' for the list of keys."
+
+
+def _check_keys(d: dict, where: str, prefix: str = "") -> None:
+    """Reject unknown keys with the closest valid key named (before OmegaConf's terser error)."""
+    keys = set(valid_keys())
+    groups = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and full in groups:
+            _check_keys(v, where, full + ".")
+        elif full not in keys:
+            raise ConfigError(f"unknown config key '{full}' in {where}.{_closest(full)}")
+
+
+def preset_names() -> list[str]:
+    files = resources.files("mmcl.presets")
+    return sorted(p.name[:-5].replace("_", "-") for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text, where = path.read_text(), str(path)
+    else:
+        fname = name.replace("-", "_") + ".yaml"
+        res = resources.files("mmcl.presets") / fname
+        if not res.is_file():
+            near = difflib.get_close_matches(name, preset_names(), n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown preset '{name}'.{hint} Available: {', '.join(preset_names())} "
+                              "(or pass a path to a YAML file).")
+        text, where = res.read_text(), f"preset '{name}'"
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a YAML mapping of config keys")
+    data.pop("description", None)
+    _check_keys(data, where)
+    return data
+
+
+def parse_overrides(items: list[str] | dict | None) -> dict:
+    """'a.b=1' strings (or a {'a.b': 1} dict) -> nested dict, values parsed as YAML."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value")
+            k, v = item.split("=", 1)
+            pairs.append((k.strip(), yaml.safe_load(v) if v != "" else ""))
+    nested: dict = {}
+    for k, v in pairs:
+        if k not in valid_keys():
+            raise ConfigError(f"unknown config key '{k}'.{_closest(k)}")
+        cur = nested
+        parts = k.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = v
+    return nested
+
+
+def build_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- preset <- overrides, type-checked. Returns a plain Config dataclass."""
+    base = OmegaConf.structured(Config)
+    layers = [base]
+    if preset:
+        layers.append(OmegaConf.create(load_preset(preset)))
+    layers.append(OmegaConf.create(parse_overrides(overrides)))
+    try:
+        merged = OmegaConf.merge(*layers)
+    except (ValidationError, ConfigKeyError, OmegaConfBaseException) as e:
+        key = getattr(e, "full_key", None) or ""
+        raise ConfigError(f"invalid value for config key '{key}': {getattr(e, 'msg', e)}") from None
+    if preset:
+        merged.preset = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    cfg: Config = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "scenario.kind": ("class", "domain"),
+    "scenario.class_order": ("seed", "given"),
+    "adapter.expert": ("cross_attention", "channel_token_map"),
+    "adapter.route": ("sample",),
+    "freeze.normalize": ("slots",),
+    "loss.align_kind": ("joint_infonce", "joint_cosine", "pairwise_infonce"),
+    "memory.selection": ("herding", "random"),
+    "train.schedule": ("cosine", "constant"),
+    "train.precision": ("fp32", "bf16"),
+    "model.pool": ("mean",),
+    "run.progress": ("auto", "on", "off"),
+}
+
+
+def get_key(cfg, key: str):
+    cur = cfg
+    for p in key.split("."):
+        cur = getattr(cur, p)
+    return cur
+
+
+def validate(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        v = get_key(cfg, key)
+        if v not in choices:
+            raise ConfigError(f"config key '{key}' = {v!r} is not one of {', '.join(choices)}")
+    if not 1 <= cfg.adapter.top_k <= cfg.adapter.num_experts:
+        raise ConfigError(f"adapter.top_k={cfg.adapter.top_k} must be between 1 and adapter.num_experts={cfg.adapter.num_experts}")
+    if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1) > 1e-6 or min(cfg.data.split) < 0:
+        raise ConfigError(f"data.split={cfg.data.split} must be three non-negative fractions summing to 1")
+    if cfg.scenario.num_tasks < 1:
+        raise ConfigError("scenario.num_tasks must be at least 1")
+    for name, val in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
+                      ("model.blocks", cfg.model.blocks), ("memory.batch_size", cfg.memory.batch_size)):
+        if val < 1:
+            raise ConfigError(f"config key '{name}' must be at least 1, got {val}")
+    if cfg.memory.size < 0:
+        raise ConfigError("memory.size must be >= 0")
+    if not cfg.data.modalities:
+        raise ConfigError("data.modalities is empty")
+    for m in cfg.data.modalities:
+        if m not in ("image", "text", "speech"):
+            raise ConfigError(f"data.modalities: unknown modality '{m}' (known: image, text, speech)")
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def from_dict(d: dict) -> Config:
+    _check_keys(d, "saved config")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d)))

@@ -1,0 +1,79 @@
+"""One block-wise interface for every frozen pre-trained encoder.
+
+An encoder turns a modality's prepared input into tokens ``(batch, N, D)`` with a validity
+mask ``(batch, N)`` (bool, True = real token; None when every token is real), in B blocks.
+The adapters between blocks only ever see tokens and masks: they never reach into encoder
+internals.
+
+    tokens, mask = enc.prefix(inputs)          # tokenizer + block 1 (cacheable: frozen, exact)
+    for b in range(1, enc.num_blocks):
+        tokens, mask = enc.forward_block(b, tokens, mask)
+
+``inputs`` is the dict of tensors the data set prepared for this modality (its keys are
+``enc.input_keys``), with a leading batch dimension.
+
+Encoders are frozen by construction: all parameters have requires_grad=False and the module
+stays in eval mode whatever ``train()`` is called with.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def split_layers(n_layers: int, n_blocks: int, what: str = "encoder") -> list[list[int]]:
+    """Split layer indices 0..n_layers-1 into n_blocks contiguous, near-equal groups."""
+    if not 1 <= n_blocks <= n_layers:
+        raise ValueError(f"model.blocks={n_blocks} must be between 1 and the {n_layers} layers of {what}")
+    return [list(map(int, g)) for g in np.array_split(np.arange(n_layers), n_blocks)]
+
+
+class BlockEncoder(nn.Module):
+    """Base class: subclasses set ``modality``, ``input_keys``, ``dims`` and implement
+    ``prefix`` and ``forward_block``."""
+
+    modality: str = ""
+    input_keys: tuple[str, ...] = ()
+
+    def __init__(self, num_blocks: int):
+        super().__init__()
+        self.num_blocks = num_blocks
+        self.dims: list[int] = []  # token width after each block (len == num_blocks)
+
+    # -- the interface ------------------------------------------------------------------------
+    def prefix(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokenizer + block 1: prepared inputs -> tokens after block 1."""
+        raise NotImplementedError
+
+    def forward_block(self, b: int, tokens: torch.Tensor, mask: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block b (1 <= b < num_blocks, 0-indexed) on the tokens after block b-1."""
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """A string that changes whenever the prefix output would (cache key)."""
+        raise NotImplementedError
+
+    # -- frozen by construction ---------------------------------------------------------------
+    def freeze(self) -> "BlockEncoder":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "BlockEncoder":  # noqa: ARG002 - always eval
+        return super().train(False)
+
+    def forward(self, inputs):  # full pass without adapters (features, probes)
+        tokens, mask = self.prefix(inputs)
+        for b in range(1, self.num_blocks):
+            tokens, mask = self.forward_block(b, tokens, mask)
+        return tokens, mask
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over valid tokens: (B, N, D), (B, N) -> (B, D)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    w = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)

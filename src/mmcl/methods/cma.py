@@ -1,0 +1,141 @@
+"""The paper's method (arXiv 2511.06723): cross-modality adapters with expert freezing,
+representation alignment and knowledge preservation over a rehearsal memory."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from mmcl import losses
+from mmcl.memory import RehearsalMemory
+from mmcl.methods.base import Method
+from mmcl.registry import register_method
+
+log = logging.getLogger("mmcl")
+
+
+@register_method("cma")
+class CrossModalityAdapters(Method):
+    """Cross-modality MoE adapters + L_cls, L_distil, L_align, L_preserve, expert freezing (Chee et al., ECAI 2025)."""
+
+    def __init__(self, cfg, model, data, scenario, device):
+        super().__init__(cfg, model, data, scenario, device)
+        self.memory = RehearsalMemory(cfg.memory.size, cfg.memory.selection)
+        self.usage_history: list[list[list[float]]] = []   # task -> block -> expert share
+        self.frozen_history: list[list[list[int]]] = []    # task -> block -> frozen expert ids
+        self.current_old_logits: Tensor | None = None      # distil.on_current targets, by sample
+
+    # -- task boundaries ------------------------------------------------------------------------
+    def begin_task(self, t: int) -> None:
+        old_classes = self.scenario.seen_classes(t - 1) if t > 0 else 0
+        super().begin_task(t)
+        for adapter in self.model.adapters:
+            adapter.reset_usage()
+        self.current_old_logits = None
+        if self.cfg.loss.distil_on_current and t > 0 and old_classes:
+            # Old outputs of the current task's data, computed once before any update.
+            train = self.scenario.tasks[t].train
+            logits, _ = self.infer(train)
+            table = torch.zeros(len(self.data), old_classes)
+            table[train] = logits[:, :old_classes]
+            self.current_old_logits = table
+
+    def end_task(self, t: int) -> None:
+        self._freeze_experts(t)
+        if self.cfg.memory.size > 0:
+            self._update_memory(t)
+
+    def _freeze_experts(self, t: int) -> None:
+        usage, frozen = [], []
+        for b, adapter in enumerate(self.model.adapters):
+            share = adapter.usage_share()
+            usage.append([round(float(x), 6) for x in share])
+            if self.cfg.freeze.enabled:
+                adapter.freeze_experts(torch.nonzero(share > self.cfg.freeze.threshold).flatten().tolist())
+                if bool(adapter.frozen.all()):
+                    log.warning("block %d: all %d experts are frozen after task %d; its adapter has no "
+                                "plasticity left (raise freeze.threshold or adapter.num_experts)",
+                                b + 1, adapter.num_experts, t + 1)
+            frozen.append(torch.nonzero(adapter.frozen).flatten().tolist())
+        if self.model.adapters:
+            self.usage_history.append(usage)
+            self.frozen_history.append(frozen)
+            log.info("task %d: frozen experts per block %s", t + 1, frozen)
+
+    def _update_memory(self, t: int) -> None:
+        task = self.scenario.tasks[t]
+        idx = task.train
+        labels = self.data.labels[idx]
+        keys = labels.tolist() if self.scenario.kind == "class" else list(zip(self.data.domains[idx].tolist(),
+                                                                              labels.tolist()))
+        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+        groups: dict[tuple, list[int]] = {}
+        for i, k in zip(idx.tolist(), keys):
+            groups.setdefault(k, []).append(i)
+        new_groups = {k: torch.tensor(v) for k, v in groups.items()}
+        features = None
+        if self.cfg.memory.selection == "herding":
+            _, z = self.infer(idx)
+            pos = {int(i): p for p, i in enumerate(idx.tolist())}
+            features = {k: z[[pos[i] for i in v.tolist()]] for k, v in new_groups.items()}
+        self.memory.update(new_groups, features, self.generator)
+        # The previous model's outputs on the memory, stored now so it never runs again.
+        logits, z = self.infer(self.memory.indices())
+        self.memory.set_outputs(logits, z)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, idx: Tensor) -> dict[str, Tensor]:
+        cfg, lw = self.cfg, self.cfg.loss
+        use_memory = self.task > 0 and len(self.memory) > 0
+        if use_memory:
+            mem_idx, mem_pos = self.memory.sample(cfg.memory.batch_size, self.generator)
+            all_idx = torch.cat([idx, mem_idx])
+        else:
+            all_idx = idx
+        batch = self.fetch(all_idx)
+        out = self.model(batch)
+        n = len(idx)
+        terms = {"cls": losses.classification(out.logits, batch["target"])}
+        if use_memory:
+            old_logits = self.memory.old_logits[mem_pos].to(self.device)
+            n_old = old_logits.shape[1]
+            new_logits = out.logits[n:, :n_old]
+            if self.current_old_logits is not None:
+                old_logits = torch.cat([self.current_old_logits[idx].to(self.device), old_logits])
+                new_logits = out.logits[:, :n_old]
+            if lw.distil:
+                terms["distil"] = lw.distil * losses.distillation(new_logits, old_logits, lw.distil_T)
+            if lw.preserve:
+                terms["preserve"] = lw.preserve * losses.preservation(
+                    self.memory.old_z[mem_pos].to(self.device), out.z_joint[n:], self.task + 1, lw.preserve_tau)
+        if lw.align:
+            terms["align"] = lw.align * losses.alignment(
+                [out.z_mod[m] for m in self.model.modalities], out.z_joint, lw.align_kind, lw.align_tau,
+                lw.align_detach_joint)
+        if self.model.adapters and cfg.adapter.balance_weight:
+            terms["balance"] = cfg.adapter.balance_weight * out.balance
+        return terms
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self):
+        meta, tensors = super().state()
+        mem_meta, mem_tensors = self.memory.state()
+        meta.update(memory=mem_meta, usage_history=self.usage_history, frozen_history=self.frozen_history)
+        tensors.update(mem_tensors)
+        if self.current_old_logits is not None:
+            tensors["current_old_logits"] = self.current_old_logits
+        return meta, tensors
+
+    def load_state(self, meta, tensors):
+        super().load_state(meta, tensors)
+        self.memory.load(meta["memory"], tensors)
+        self.usage_history = meta["usage_history"]
+        self.frozen_history = meta["frozen_history"]
+        self.current_old_logits = tensors.get("current_old_logits")
+        for adapter in self.model.adapters:
+            adapter.apply_frozen()
+
+    def summary(self) -> dict:
+        return {"expert_usage": self.usage_history, "frozen_experts": self.frozen_history,
+                "memory_size": len(self.memory)}

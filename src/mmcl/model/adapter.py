@@ -1,0 +1,210 @@
+"""Cross-modality adapter: a mixture of experts after every frozen encoder block.
+
+For modality k at block b (docs/METHOD.md section 2):
+  x_k = down_k(h_k)                                   per-modality projection to width d
+  c_k = [pool(down_j(h_j)) for j != k]                 the other modalities' tokens (context)
+  g_k = top-k(softmax(W_g^k [mean(x_k); mean_j mean(x_j)] + noise))   per sample
+  h_k <- h_k + up_k( sum_{chosen e} g_k^e expert_e(x_k, c_k) )        up_k starts at zero
+
+Experts are shared by the modalities of a block; projections and gates are per modality.
+Only the chosen experts are computed: each (sample, slot) pair gathers its expert's weights
+and all pairs run as one batched matrix product (no loop over experts, no dense mask).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmcl.encoders.base import masked_mean
+from mmcl.losses import load_balance
+
+
+def pool_tokens(x: Tensor, mask: Tensor | None, max_tokens: int) -> tuple[Tensor, Tensor | None]:
+    """Mean-pool the valid tokens of each sample into at most ``max_tokens`` contiguous
+    segments. Returns (B, S, D) and a (B, S) mask of non-empty segments (None if all are)."""
+    B, N, _ = x.shape
+    if N <= max_tokens:
+        return x, mask
+    S = max_tokens
+    pos = torch.arange(N, device=x.device)
+    if mask is None:
+        seg = (pos * S) // N                                   # (N,)
+        assign = F.one_hot(seg, S).t().to(x.dtype)             # (S, N)
+        assign = assign / assign.sum(1, keepdim=True)
+        return assign @ x, None
+    length = mask.sum(1).clamp_min(1)                          # (B,)
+    seg = (pos[None, :] * S) // length[:, None]                # (B, N), valid tokens only
+    seg = torch.where(mask, seg, torch.full_like(seg, S))      # padding -> a dropped bucket
+    assign = F.one_hot(seg, S + 1)[..., :S].transpose(1, 2).to(x.dtype)  # (B, S, N)
+    counts = assign.sum(2, keepdim=True)
+    pooled = (assign @ x) / counts.clamp_min(1)
+    return pooled, counts.squeeze(-1) > 0
+
+
+@dataclass
+class Routing:
+    """What one adapter call routed, for the balance loss and expert-usage counting."""
+    balance: Tensor          # cv^2(importance) + cv^2(load), summed over modalities
+    counts: Tensor           # (E,) how often each expert was chosen
+    routings: int            # routed (sample, modality) pairs
+
+
+class CrossModalityAdapter(nn.Module):
+    def __init__(self, widths: dict[str, int], num_experts: int = 10, top_k: int = 2, dim: int = 128,
+                 expert: str = "cross_attention", context_tokens: int = 32, noisy_gating: bool = True,
+                 dense: bool = False):
+        super().__init__()
+        self.modalities = list(widths)
+        self.num_experts, self.top_k, self.dim = num_experts, top_k, dim
+        self.expert_kind, self.context_tokens = expert, context_tokens
+        self.noisy_gating, self.dense = noisy_gating, dense
+        self.down = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items()})
+        self.up = nn.ModuleDict({m: nn.Linear(dim, w) for m, w in widths.items()})
+        for lin in self.up.values():  # identity at initialisation
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        # Noisy top-k gating (Shazeer et al., 2017): zero-initialised clean and noise weights.
+        self.gate = nn.ModuleDict({m: nn.Linear(2 * dim, num_experts, bias=False) for m in widths})
+        self.gate_noise = nn.ModuleDict({m: nn.Linear(2 * dim, num_experts, bias=False) for m in widths})
+        for m in widths:
+            nn.init.zeros_(self.gate[m].weight)
+            nn.init.zeros_(self.gate_noise[m].weight)
+        # Expert e owns one slice of each parameter list: separate Parameters so that freezing
+        # an expert is requires_grad=False on exactly its tensors.
+        names = ("q", "k", "v") if expert == "cross_attention" else ("c", "t")
+        self.expert_param_names = names
+        self.experts = nn.ModuleList()
+        for _ in range(num_experts):
+            e = nn.Module()
+            for n in names:
+                shape = (2 * dim, dim) if n == "c" else (dim, dim)
+                p = nn.Parameter(torch.empty(shape))
+                nn.init.normal_(p, std=1.0 / math.sqrt(shape[0]))
+                e.register_parameter(n, p)
+            self.experts.append(e)
+        # Usage counted over a task's training routings; the frozen set survives checkpoints.
+        self.register_buffer("usage_count", torch.zeros(num_experts, dtype=torch.float64))
+        self.register_buffer("routing_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
+
+    # -- freezing -------------------------------------------------------------------------------
+    def reset_usage(self) -> None:
+        self.usage_count.zero_()
+        self.routing_count.zero_()
+
+    def usage_share(self) -> Tensor:
+        """f_e = count_e / (top_k * routings): shares that sum to 1 over experts."""
+        # Dense routing counts gate weight mass (each routing sums to 1) instead of choices.
+        slots = self.routing_count * (1 if self.dense else self.top_k)
+        return (self.usage_count / slots.clamp_min(1)).float()
+
+    def freeze_experts(self, ids) -> None:
+        for e in ids:
+            self.frozen[int(e)] = True
+        self.apply_frozen()
+
+    def apply_frozen(self) -> None:
+        for e, expert in enumerate(self.experts):
+            for p in expert.parameters():
+                p.requires_grad_(not bool(self.frozen[e]))
+
+    # -- routing --------------------------------------------------------------------------------
+    def _route(self, m: str, gate_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (chosen expert ids (B, k), their weights (B, k), balance term)."""
+        logits = self.gate[m](gate_in)
+        E, k = self.num_experts, self.top_k
+        if self.dense:
+            w = logits.softmax(-1)
+            idx = torch.arange(E, device=logits.device).expand(logits.shape[0], E)
+            importance = w.sum(0)
+            return idx, w, load_balance(importance, importance)
+        noisy = self.noisy_gating and self.training
+        if noisy:
+            noise_std = F.softplus(self.gate_noise[m](gate_in)) + 1e-2
+            noisy_logits = logits + torch.randn_like(logits) * noise_std
+        else:
+            noisy_logits = logits
+        top_val, top_idx = noisy_logits.topk(min(k + 1, E), dim=-1)
+        idx, val = top_idx[:, :k], top_val[:, :k]
+        w = val.softmax(-1)  # renormalised over the chosen experts
+        gates = torch.zeros_like(logits).scatter(1, idx, w)
+        importance = gates.sum(0)
+        if noisy and k < E:
+            # Smooth load: P(expert e stays in the top k under fresh noise), differentiable.
+            thr_in = top_val[:, k:k + 1]      # the (k+1)-th value: threshold for those inside
+            thr_out = top_val[:, k - 1:k]     # the k-th value: threshold for those outside
+            normal = torch.distributions.Normal(0.0, 1.0)
+            inside = noisy_logits > thr_in
+            p_in = normal.cdf((logits - thr_in) / noise_std)
+            p_out = normal.cdf((logits - thr_out) / noise_std)
+            load = torch.where(inside, p_in, p_out).sum(0)
+        else:
+            load = (gates > 0).float().sum(0)
+        return idx, w, load_balance(importance, load)
+
+    # -- experts --------------------------------------------------------------------------------
+    def _stacked(self, name: str) -> Tensor:
+        return torch.stack([getattr(e, name) for e in self.experts])
+
+    def _run_experts(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, idx: Tensor, w: Tensor) -> Tensor:
+        """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d)."""
+        B, N, d = x.shape
+        k = idx.shape[1]
+        flat = idx.reshape(-1)                                   # (B*k,) chosen expert per slot
+        xs = x.repeat_interleave(k, dim=0)                       # (B*k, N, d)
+        cs = ctx.repeat_interleave(k, dim=0)
+        if self.expert_kind == "cross_attention":
+            q = torch.bmm(xs, self._stacked("q").index_select(0, flat))
+            kk = torch.bmm(cs, self._stacked("k").index_select(0, flat))
+            v = torch.bmm(cs, self._stacked("v").index_select(0, flat))
+            att = torch.bmm(q, kk.transpose(1, 2)) / math.sqrt(d)          # (B*k, N, M)
+            if ctx_mask is not None:
+                att = att.masked_fill(~ctx_mask.repeat_interleave(k, dim=0)[:, None, :], float("-inf"))
+            out = torch.bmm(att.softmax(-1), v)
+        else:  # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
+            cpool = masked_mean(cs, None if ctx_mask is None else ctx_mask.repeat_interleave(k, dim=0))
+            xpool = xs.mean(1)
+            chan = torch.sigmoid(torch.bmm(torch.cat([xpool, cpool], -1)[:, None, :],
+                                           self._stacked("c").index_select(0, flat)))    # (B*k,1,d)
+            tok = torch.sigmoid(torch.bmm(torch.bmm(xs, self._stacked("t").index_select(0, flat)),
+                                          cpool[:, :, None]) / math.sqrt(d))             # (B*k,N,1)
+            out = chan * tok * xs
+        out = out * w.reshape(-1, 1, 1).to(out.dtype)
+        return out.view(B, k, N, d).sum(1)
+
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None]
+                ) -> tuple[dict[str, Tensor], Routing]:
+        down = {m: self.down[m](tokens[m]) for m in self.modalities}
+        pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
+        ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
+        out, balance = {}, 0.0
+        counts = torch.zeros(self.num_experts, device=next(iter(down.values())).device)
+        routings = 0
+        for m in self.modalities:
+            others = [j for j in self.modalities if j != m] or [m]  # one modality: its own tokens
+            other_pool = torch.stack([pooled[j] for j in others]).mean(0)
+            idx, w, bal = self._route(m, torch.cat([pooled[m], other_pool], -1))
+            ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
+            cmasks = [ctx_tokens[j][1] for j in others]
+            if all(c is None for c in cmasks):
+                cmask = None
+            else:
+                cmask = torch.cat([c if c is not None else torch.ones(ctx_tokens[j][0].shape[:2], dtype=torch.bool,
+                                                                      device=ctx.device)
+                                   for c, j in zip(cmasks, others)], 1)
+            mixed = self._run_experts(down[m], ctx, cmask, idx, w)
+            out[m] = tokens[m] + self.up[m](mixed)
+            balance = balance + bal
+            if self.dense:
+                counts += w.detach().sum(0).to(counts.dtype)
+            else:
+                counts += torch.bincount(idx.reshape(-1), minlength=self.num_experts).to(counts.dtype)
+            routings += idx.shape[0]
+        if self.training:
+            self.usage_count += counts.double()
+            self.routing_count += routings
+        return out, Routing(balance=balance, counts=counts, routings=routings)
