@@ -248,7 +248,7 @@ def _closest(key: str) -> str:
 def _check_keys(d: dict, where: str, prefix: str = "") -> None:
     """Reject unknown keys with the closest valid key named (before OmegaConf's terser error)."""
     keys = set(valid_keys())
-    groups = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    groups = {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
     for k, v in d.items():
         full = f"{prefix}{k}"
         if isinstance(v, dict) and full in groups:

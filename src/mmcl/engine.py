@@ -67,8 +67,8 @@ class Experiment:
         self.data = prepare(cfg, encoders, progress=self.show_progress)
         self.prepare_time_s = time.perf_counter() - t0
         splits = self.data.split(cfg.run.seed, cfg.data.split)
-        self.scenario: Scenario = build_scenario(cfg, self.data.labels, self.data.domains, splits,
-                                                 self.data.classes, self.data.domain_names)
+        self.scenario: Scenario = build_scenario(cfg, self.data.labels, self.data.domain_ids, splits,
+                                                 self.data.classes, self.data.domains)
         seed_everything(cfg.run.seed)  # initialisation independent of preparation work
         self.model = MMModel(encoders, cfg).to(self.device)
         method_cls = registry.get("method", cfg.method.name)
@@ -142,8 +142,8 @@ class Experiment:
                 sched.step()
                 step += 1
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         self.model.eval()
         self.method.end_task(t)
         return {k: v / max(1, step) for k, v in sums.items()}

@@ -67,7 +67,7 @@ class CrossModalityAdapters(Method):
         task = self.scenario.tasks[t]
         idx = task.train
         labels = self.data.labels[idx]
-        keys = labels.tolist() if self.scenario.kind == "class" else list(zip(self.data.domains[idx].tolist(),
+        keys = labels.tolist() if self.scenario.kind == "class" else list(zip(self.data.domain_ids[idx].tolist(),
                                                                               labels.tolist()))
         keys = [k if isinstance(k, tuple) else (k,) for k in keys]
         groups: dict[tuple, list[int]] = {}

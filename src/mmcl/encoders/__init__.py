@@ -1,0 +1,37 @@
+"""Frozen pre-trained encoders, one per modality, all behind the block-wise BlockEncoder interface.
+
+Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text).
+"""
+from __future__ import annotations
+
+import difflib
+
+from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
+from mmcl.encoders import ge2e, hf_text, mobilenet  # noqa: F401 - registers the encoders
+from mmcl.encoders.audio import speech_features
+from mmcl.registry import REGISTRIES
+
+__all__ = ["BlockEncoder", "build_encoder", "masked_mean", "speech_features", "split_layers"]
+
+
+def build_encoder(modality: str, cfg) -> BlockEncoder:
+    """The frozen encoder for ``modality`` from a full mmcl Config (cfg.encoders.<modality>,
+    cfg.model.blocks, cfg.data). Raises ValueError naming modality, kind and source on errors."""
+    enc_cfg = getattr(cfg.encoders, modality, None)
+    if enc_cfg is None:
+        raise ValueError(f"no encoder configured for modality '{modality}' (known: image, text, speech)")
+    table = REGISTRIES["encoder"]
+    cls = table.get(enc_cfg.kind)
+    where = f"encoders.{modality} (kind='{enc_cfg.kind}', source='{enc_cfg.source}')"
+    if cls is None:
+        near = difflib.get_close_matches(enc_cfg.kind, list(table), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"{where}: unknown encoder kind.{hint} Known: {', '.join(sorted(table))}")
+    if cls.modality != modality:
+        raise ValueError(f"{where}: encoder '{enc_cfg.kind}' is for {cls.modality}, not {modality}")
+    try:
+        enc = cls(enc_cfg, int(cfg.model.blocks), cfg.data)
+    except ValueError as e:
+        msg = str(e)  # the encoders' own messages already start with '<modality> encoder <kind>'
+        raise ValueError(msg if msg.startswith(f"{modality} encoder") else f"{where}: {msg}") from None
+    return enc.freeze()
