@@ -59,3 +59,8 @@ def test_preset_yaml_with_unknown_key(tmp_path):
     p.write_text("train:\n  epochz: 2\n")
     with pytest.raises(ConfigError, match=r"train\.epochz.*mine\.yaml"):
         build_config(str(p))
+
+
+def test_string_keys_stay_strings():
+    cfg = build_config("tuxpaint", ["run.name=off", "run.progress=never", "data.root='/x y'"])
+    assert cfg.run.name == "off" and cfg.data.root == "/x y"

@@ -20,7 +20,7 @@ def tiny_overrides(root, classes, cache, out, **extra):
         "encoders.text.width": 16, "encoders.speech.width": 16,
         "model.dim_z": 16, "model.head_hidden": 16, "adapter.dim": 8, "adapter.context_tokens": 4,
         "train.epochs": 2, "train.batch_size": 8, "memory.size": 12, "memory.batch_size": 6,
-        "eval.batch_size": 32, "run.out_dir": str(out), "run.progress": "off",
+        "eval.batch_size": 32, "run.out_dir": str(out), "run.progress": "never",
     }
     o.update(extra)
     return o

@@ -57,7 +57,7 @@ class RunConfig:
     seed: int = doc("seed for class order, splits, initialisation, routing noise, sampling", 0)
     device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)", "auto")
     threads: int = doc("torch CPU threads; 0 keeps torch's default", 0)
-    progress: str = doc("progress bars: 'auto' (only on a terminal), 'on' or 'off'", "auto")
+    progress: str = doc("progress bars: 'auto' (only on a terminal), 'always' or 'never'", "auto")
     save_checkpoint: bool = doc("write the final checkpoint (safetensors + JSON) to checkpoints/", True)
 
 
@@ -283,6 +283,9 @@ def load_preset(name: str) -> dict:
     return data
 
 
+_KEY_TYPES = {k: t for k, t, *_ in iter_keys()}
+
+
 def parse_overrides(items: list[str] | dict | None) -> dict:
     """'a.b=1' strings (or a {'a.b': 1} dict) -> nested dict, values parsed as YAML."""
     if not items:
@@ -295,7 +298,12 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
             if "=" not in item:
                 raise ConfigError(f"override '{item}' is not of the form key=value")
             k, v = item.split("=", 1)
-            pairs.append((k.strip(), yaml.safe_load(v) if v != "" else ""))
+            k = k.strip()
+            if _KEY_TYPES.get(k) == "str":  # keep strings raw: YAML would read 'off' as False
+                value = v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" else v
+            else:
+                value = yaml.safe_load(v) if v != "" else ""
+            pairs.append((k, value))
     nested: dict = {}
     for k, v in pairs:
         if k not in valid_keys():
@@ -338,7 +346,7 @@ _CHOICES = {
     "train.schedule": ("cosine", "constant"),
     "train.precision": ("fp32", "bf16"),
     "model.pool": ("mean",),
-    "run.progress": ("auto", "on", "off"),
+    "run.progress": ("auto", "always", "never"),
 }
 
 

@@ -61,7 +61,7 @@ class Experiment:
         seed_everything(cfg.run.seed)
         self.device = resolve_device(cfg.run.device)
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / (cfg.run.name or default_run_name(cfg))
-        self.show_progress = cfg.run.progress == "on" or (cfg.run.progress == "auto" and sys.stderr.isatty())
+        self.show_progress = cfg.run.progress == "always" or (cfg.run.progress == "auto" and sys.stderr.isatty())
         t0 = time.perf_counter()
         encoders = {m: build_encoder(m, cfg) for m in cfg.data.modalities}
         self.data = prepare(cfg, encoders, progress=self.show_progress)

@@ -1,0 +1,405 @@
+"""Prepared data: decode a data set once, cache it on disk, serve batches from memory.
+
+Encoders are frozen and inputs are not augmented, so everything up to the first adapter is a
+pure function of the file on disk. ``prepare`` decodes every file once, runs each encoder's
+``preprocess`` (resize / tokenize / filter bank) and, with ``data.cache_prefix``, its
+``prefix`` (tokenizer + block 1), and stores the results as safetensors. Training then
+gathers batches with ``index_select`` on in-memory tensors: no decoding, no data loader.
+
+Cache folder: ``<data.cache_dir>/<dataset>/<key>/`` where key hashes the settings that change
+the inputs and every used encoder's ``identity()``::
+
+    records.json               samples (class, domain, row per modality) and their sources
+    inputs_<mod>.safetensors   the encoder's preprocess output for every row
+    prefix_<mod>.safetensors   {"tokens": fp16 (R, N, D), "mask": bool (R, N) when masked}
+
+Each file is written atomically (temporary name in the same folder, then ``os.replace``), so
+a file that exists is complete; an interrupted preparation resumes with the missing files.
+
+A data set (registered with ``@register_dataset``) provides: ``__init__(data_cfg)``,
+``modalities``, ``classes``, ``domains``, ``settings() -> dict``, ``index() -> (records,
+sources)``, ``decoder(modality) -> picklable callable or None``, ``info() -> dict`` and
+``split_samples(records, fractions, seed)``. Splits are computed at load time from the seed,
+never cached, so one prepared cache serves every seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the layout or content of cache files changes
+FP16_MAX = 65504.0
+_UMASK = os.umask(0)  # read the process umask (only settable), then restore it
+os.umask(_UMASK)
+
+
+class DataError(ValueError):
+    """A data problem the user can fix: names the file or setting and what to do."""
+
+
+# -- small helpers ----------------------------------------------------------------------------
+def cache_key(dataset: str, settings: dict, identities: dict[str, str]) -> str:
+    blob = json.dumps({"version": FORMAT_VERSION, "dataset": dataset, "settings": settings,
+                       "encoders": identities}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+    tmp = _tmp_name(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors creates 0600; match files open() makes
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise DataError(f"cannot read cached file {path}: {e}. Delete the folder {path.parent} "
+                        "and prepare again.") from e
+
+
+def _mask_key(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The validity mask among an input dict's tensors: a 2-d bool tensor named '*mask'."""
+    for k, v in tensors.items():
+        if k.endswith("mask") and v.dtype == torch.bool and v.dim() == 2:
+            return k
+    return None
+
+
+def valid_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """(R, N) bool -> (R,) long: one past the last valid position (0 for an all-padding row)."""
+    n = mask.shape[1]
+    pos = torch.arange(1, n + 1, device=mask.device).expand_as(mask)
+    return (pos * mask).amax(dim=1) if n else torch.zeros(mask.shape[0], dtype=torch.long)
+
+
+def _pad_dim1(t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.dim() < 2 or t.shape[1] == n:
+        return t
+    pad = t.new_zeros((t.shape[0], n - t.shape[1], *t.shape[2:]))  # zeros: masked, pad id 0
+    return torch.cat([t, pad], dim=1)
+
+
+def _cat_padded(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate per-chunk dicts along rows; chunks padded to different lengths (dim 1)
+    are padded to the longest first."""
+    out = {}
+    for k in chunks[0]:
+        parts = [c[k] for c in chunks]
+        n = max(p.shape[1] for p in parts) if parts[0].dim() >= 2 else None
+        out[k] = torch.cat([_pad_dim1(p, n) if n is not None else p for p in parts], dim=0)
+    return out
+
+
+def _show_progress(progress: bool) -> bool:
+    return bool(progress) and sys.stderr.isatty()
+
+
+def _decode_iter(decoder: Callable | None, sources: Sequence, workers: int) -> Iterator:
+    """Raw items in source order; decoded in a small fork pool when it pays (PyAV and Pillow
+    release little of the GIL, so threads would not help)."""
+    if decoder is None:
+        yield from sources
+        return
+    if workers <= 1 or len(sources) < 64 or "fork" not in multiprocessing.get_all_start_methods():
+        for s in sources:
+            yield decoder(s)
+        return
+    # fork: the children inherit the imported modules (spawn would re-import torch, ~2 s each).
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(decoder, sources, chunksize=8)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Temporarily limit torch's intra-op threads. While decoding processes run, a second
+    torch thread fights them for the cores: the encoders' many small ops (one STFT per clip)
+    then ran 20x slower with 2 threads than with 1 on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _encoder_device(enc) -> torch.device:
+    params = getattr(enc, "parameters", None)
+    p = next(params(), None) if callable(params) else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+# -- the two preparation steps ----------------------------------------------------------------
+def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, workers: int,
+                    show: bool) -> dict[str, torch.Tensor]:
+    from tqdm import tqdm
+    outs, raws = [], []
+    pooled = decoder is not None and workers > 1
+    threads = (os.cpu_count() or 1) - workers if pooled else torch.get_num_threads()
+    with tqdm(total=len(sources), desc=f"decode {mod}", unit="item", disable=not show) as bar, \
+            _torch_threads(threads):
+        for raw in _decode_iter(decoder, sources, workers):
+            raws.append(raw)
+            if len(raws) == chunk:
+                outs.append(enc.preprocess(raws))
+                bar.update(len(raws))
+                raws = []
+        if raws:
+            outs.append(enc.preprocess(raws))
+            bar.update(len(raws))
+    return _cat_padded(outs)
+
+
+@torch.no_grad()
+def _prepare_prefix(enc, inputs: dict[str, torch.Tensor], mod: str, chunk: int,
+                    show: bool) -> dict[str, torch.Tensor]:
+    from tqdm import tqdm
+    keys = list(getattr(enc, "input_keys", ()) or inputs.keys())
+    rows = next(iter(inputs.values())).shape[0]
+    mkey = _mask_key(inputs)
+    lengths = valid_lengths(inputs[mkey]) if mkey else None
+    # Rows sorted by length share a chunk with rows of similar length: little padding to run.
+    order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(rows)
+    device = _encoder_device(enc)
+    parts = []
+    for s in tqdm(range(0, rows, chunk), desc=f"prefix {mod}", unit="chunk", disable=not show):
+        idx = order[s:s + chunk]
+        n = max(int(lengths[idx].max()), 1) if lengths is not None else None
+        batch = {k: (inputs[k][:, :n] if n is not None and inputs[k].dim() >= 2
+                     and inputs[k].shape[1] == inputs[mkey].shape[1] else inputs[k])
+                 .index_select(0, idx).to(device) for k in keys}
+        tokens, mask = enc.prefix(batch)
+        parts.append((idx, tokens.float().cpu(), None if mask is None else mask.bool().cpu()))
+    n_max = max(t.shape[1] for _, t, _ in parts)
+    dim = parts[0][1].shape[2]
+    need_mask = any(m is not None for _, _, m in parts) or any(t.shape[1] != n_max for _, t, _ in parts)
+    peak = max(float(t.abs().max()) if t.numel() else 0.0 for _, t, _ in parts)
+    # fp16 halves memory and disk; keep fp32 if a model's activations would overflow it.
+    dtype = torch.float16 if peak < FP16_MAX else torch.float32
+    if dtype == torch.float32:
+        log.warning("prefix of %s reaches %.3g, beyond fp16: cached in fp32", mod, peak)
+    tokens_all = torch.zeros(rows, n_max, dim, dtype=dtype)
+    mask_all = torch.zeros(rows, n_max, dtype=torch.bool) if need_mask else None
+    for idx, t, m in parts:
+        tokens_all[idx, : t.shape[1]] = t.to(dtype)
+        if mask_all is not None:
+            mask_all[idx, : t.shape[1]] = True if m is None else m
+    out = {"tokens": tokens_all}
+    if mask_all is not None:
+        out["mask"] = mask_all
+    return out
+
+
+# -- public API -------------------------------------------------------------------------------
+def cache_folder(cfg, encoders: dict[str, Any]) -> Path:
+    """Where ``prepare`` caches ``cfg.data`` with these encoders (does not create it)."""
+    from mmcl.registry import get
+    data = cfg.data
+    dataset = get("dataset", data.dataset)(data)
+    return _folder(data, dataset, encoders)
+
+
+def _folder(data, dataset, encoders) -> Path:
+    missing = [m for m in data.modalities if m not in encoders]
+    if missing:
+        raise DataError(f"no encoder given for modality {', '.join(missing)} (data.modalities="
+                        f"{list(data.modalities)})")
+    unknown = [m for m in data.modalities if m not in dataset.modalities]
+    if unknown:
+        raise DataError(f"data set '{data.dataset}' has no modality {', '.join(unknown)} "
+                        f"(it has {', '.join(dataset.modalities)}); fix data.modalities")
+    identities = {m: encoders[m].identity() for m in data.modalities}
+    key = cache_key(data.dataset, dataset.settings(), identities)
+    return Path(os.path.expanduser(data.cache_dir)) / data.dataset / key
+
+
+def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int | None = None,
+            chunk_size: int = 256) -> "PreparedData":
+    """Decode, preprocess and (with data.cache_prefix) encode the data set's block-1 prefix once;
+    later calls with the same settings load the cache and decode nothing.
+
+    encoders: {modality: BlockEncoder} for every modality in data.modalities (others ignored).
+    workers: decoding processes (default: 2, or 1 on a single core).
+    """
+    from mmcl.registry import get
+    data = cfg.data
+    ds_cls = get("dataset", data.dataset)
+    dataset = ds_cls(data)
+    folder = _folder(data, dataset, encoders)
+    mods = list(data.modalities)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    show = _show_progress(progress)
+    timings: dict[str, float] = {}
+
+    records_path = folder / "records.json"
+    if records_path.exists():
+        meta = json.loads(records_path.read_text(encoding="utf-8"))
+    else:
+        t0 = time.perf_counter()
+        records, sources = dataset.index()
+        meta = {"version": FORMAT_VERSION, "dataset": data.dataset, "settings": dataset.settings(),
+                "encoders": {m: encoders[m].identity() for m in mods},
+                "classes": list(dataset.classes), "domains": list(dataset.domains),
+                "info": dataset.info(), "records": records, "sources": sources}
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(records_path, meta)
+        timings["index_s"] = time.perf_counter() - t0
+
+    for mod in mods:
+        enc = encoders[mod]
+        in_path = folder / f"inputs_{mod}.safetensors"
+        pre_path = folder / f"prefix_{mod}.safetensors"
+        inputs = None
+        if not in_path.exists():
+            t0 = time.perf_counter()
+            inputs = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
+                                     chunk_size, workers, show)
+            _atomic_save_tensors(in_path, inputs)
+            timings[f"inputs_{mod}_s"] = time.perf_counter() - t0
+        if data.cache_prefix and not pre_path.exists():
+            t0 = time.perf_counter()
+            inputs = inputs if inputs is not None else _load_tensors(in_path)
+            _atomic_save_tensors(pre_path, _prepare_prefix(enc, inputs, mod, chunk_size, show))
+            timings[f"prefix_{mod}_s"] = time.perf_counter() - t0
+    for k, v in timings.items():
+        log.info("prepare %s: %s %.1f s", data.dataset, k, v)
+
+    prepared = PreparedData.from_folder(folder, mods, use_prefix=data.cache_prefix,
+                                        split_fn=ds_cls.split_samples, fractions=data.split)
+    prepared.timings = timings
+    return prepared
+
+
+class PreparedData:
+    """A prepared data set in memory: records, labels, domains and per modality the cached
+    tensors (block-1 prefix tokens, or the encoder's inputs). ``batch(idx)`` gathers samples."""
+
+    def __init__(self, meta: dict, tensors: dict[str, dict[str, torch.Tensor]],
+                 use_prefix: bool, split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                 folder: Path | None = None):
+        self.folder = folder
+        self.meta = meta
+        self.records: list[dict] = meta["records"]
+        self.classes: list[str] = list(meta["classes"])
+        self.domains: list[str] = list(meta["domains"])
+        self.info: dict = meta.get("info", {})
+        self.modalities = list(tensors)
+        self.use_prefix = use_prefix
+        self.tensors = tensors
+        self.fractions = list(fractions)
+        self._split_fn = split_fn
+        self.timings: dict[str, float] = {}
+        self.labels = torch.tensor([r["label"] for r in self.records], dtype=torch.long)
+        self.domain_ids = torch.tensor([r["domain"] for r in self.records], dtype=torch.long)
+        # sample index -> row of each modality's tensors (an image row is shared by languages)
+        self.rows = {m: torch.tensor([r["rows"][m] for r in self.records], dtype=torch.long)
+                     for m in self.modalities}
+        # Per-row valid lengths let batch() trim padding to the longest sample it holds.
+        self._lengths: dict[str, torch.Tensor | None] = {}
+        self._trim_keys: dict[str, set[str]] = {}
+        for m, ts in tensors.items():
+            n_rows = next(iter(ts.values())).shape[0]
+            if int(self.rows[m].max()) >= n_rows:
+                raise DataError(f"cached {m} tensors in {folder} have {n_rows} rows, fewer than "
+                                f"records.json refers to: delete {folder} and prepare again")
+            mkey = _mask_key(ts)
+            if mkey is None:
+                self._lengths[m], self._trim_keys[m] = None, set()
+                continue
+            n = ts[mkey].shape[1]
+            self._lengths[m] = valid_lengths(ts[mkey])
+            self._trim_keys[m] = {k for k, v in ts.items() if v.dim() >= 2 and v.shape[1] == n}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, modalities: Iterable[str], use_prefix: bool,
+                    split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> "PreparedData":
+        folder = Path(folder)
+        meta = json.loads((folder / "records.json").read_text(encoding="utf-8"))
+        kind = "prefix" if use_prefix else "inputs"
+        tensors = {}
+        for m in modalities:
+            path = folder / f"{kind}_{m}.safetensors"
+            if not path.exists():
+                raise DataError(f"{path} is missing: run prepare (mmcl prepare) for this config")
+            tensors[m] = _load_tensors(path)
+        return cls(meta, tensors, use_prefix, split_fn, fractions, folder)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def batch(self, idx) -> dict[str, Any]:
+        """Samples idx -> {mod: {"tokens": float32 (b, N, D), "mask": bool (b, N) or None}}
+        (prefix cached) or {mod: {input key: tensor}}, plus "label", "domain", "index".
+        Masked modalities are trimmed to the longest valid sample in the batch."""
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        out: dict[str, Any] = {}
+        for m in self.modalities:
+            rows = self.rows[m].index_select(0, idx)
+            lengths = self._lengths[m]
+            n = max(int(lengths.index_select(0, rows).max()), 1) if lengths is not None and len(rows) else None
+            item = {}
+            for k, t in self.tensors[m].items():
+                if n is not None and k in self._trim_keys[m]:
+                    t = t[:, :n]  # slice the view first: only b x n rows are copied
+                v = t.index_select(0, rows)
+                item[k] = v.float() if k == "tokens" else v
+            if self.use_prefix:
+                item.setdefault("mask", None)  # the encoder gave none: every token is real
+            out[m] = item
+        out["label"] = self.labels.index_select(0, idx)
+        out["domain"] = self.domain_ids.index_select(0, idx)
+        out["index"] = idx.clone()
+        return out
+
+    def split(self, seed: int, fractions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """{"train", "val", "test"} -> sample indices, fixed by seed (the data set's rule)."""
+        return self._split_fn(self.records, list(fractions or self.fractions), seed)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ts in self.tensors.values() for t in ts.values())
+
+
+def move_batch(batch: dict, device, non_blocking: bool = False) -> dict:
+    """A batch (nested dicts of tensors, None for absent masks) moved to device."""
+    if isinstance(batch, dict):
+        return {k: move_batch(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    return batch

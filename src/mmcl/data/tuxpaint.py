@@ -1,0 +1,266 @@
+"""Tux Paint stamps: a small real data set with paired image, text and human speech.
+
+Layout under the root (Debian package ``tuxpaint-stamps-default``)::
+
+    animals/mammals/bears/bear.png          the stamp's image (RGBA)
+    animals/mammals/bears/bear.txt          English first line, then ``fr.utf8=...`` lines
+    animals/mammals/bears/bear_desc_fr.ogg  a person reading the description (one per language)
+
+A stamp's class is its first two folder levels under the root (``animals/mammals``); a stamp
+directly in a top-level folder takes that folder (``clothes``). One sample is one
+(stamp, language) pair: the stamp's image, its text in that language and the spoken
+description in that language. The image is stored once per stamp and shared by its samples.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mmcl.data.prepared import DataError
+from mmcl.registry import register_dataset
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("Install them with `sudo apt-get install tuxpaint-stamps-default` (Debian/Ubuntu), "
+                "or point data.root (or the environment variable MMCL_TUXPAINT_ROOT) at a copy of "
+                "Tux Paint's stamps/ folder.")
+REINSTALL_HINT = ("The file is corrupt or unreadable: reinstall the stamps "
+                  "(`sudo apt-get install --reinstall tuxpaint-stamps-default`), or delete this "
+                  "stamp's files to leave it out.")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+# -- decoding (module-level functions: picklable for a process pool, patchable in tests) -------
+def decode_png(path: str) -> np.ndarray:
+    """PNG -> HxWx3 uint8 RGB, transparency composited on white (stamps are drawn on paper)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.load()  # Pillow is lazy: force the decode here so truncation errors surface
+            rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
+        raise DataError(f"cannot decode image {path}: {e}. {REINSTALL_HINT}") from e
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0) -> np.ndarray:
+    """Audio file -> mono float32 waveform at sample_rate, cut to max_seconds (0: no cut)."""
+    import av
+    limit = int(round(max_seconds * sample_rate)) if max_seconds > 0 else None
+    pieces, have = [], 0
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+                    have += pieces[-1].size
+                if limit is not None and have >= limit:
+                    break  # enough audio: skip decoding the rest
+            else:
+                for out in resampler.resample(None):  # flush the resampler's tail
+                    pieces.append(out.to_ndarray().reshape(-1))
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
+        raise DataError(f"cannot decode audio {path}: {e}. {REINSTALL_HINT}") from e
+    wave = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise DataError(f"audio file {path} decodes to no samples. {REINSTALL_HINT}")
+    return wave[:limit] if limit is not None else wave
+
+
+def read_descriptions(path: str) -> tuple[str, dict[str, str]]:
+    """NAME.txt -> (English first line, {language: text}) from its ``lang.utf8=text`` lines."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read stamp description {path}: {e}. {REINSTALL_HINT}") from e
+    english = lines[0].strip() if lines else ""
+    texts: dict[str, str] = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition("=")
+        if sep and key.strip().endswith(".utf8"):
+            lang = key.strip()[: -len(".utf8")]
+            texts.setdefault(lang, value.strip())  # first occurrence wins, as in Tux Paint
+    return english, texts
+
+
+# -- splits ---------------------------------------------------------------------------------------
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Stamps per split for a class of n: largest remainder, then at least one stamp in every
+    split with a positive fraction when n allows (a class absent from val/test can't be scored)."""
+    exact = [f * n for f in fractions]
+    counts = [int(np.floor(x)) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: n - sum(counts)]:
+        counts[i] += 1
+    wanted = [i for i, f in enumerate(fractions) if f > 0]
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
+                counts[i] = 1
+    return counts
+
+
+def split_samples(records: list[dict], fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Split sample indices into train/val/test by stamp, stratified per class.
+
+    A stamp's samples (its languages) all go to one split, so no image is seen in training
+    and tested. Each class is shuffled with its own generator seeded by (seed, class name):
+    a class's split does not change when other classes are added or removed.
+    """
+    if len(fractions) != 3:
+        raise ValueError(f"split fractions must be three (train, val, test), got {list(fractions)}")
+    stamps_by_class: dict[str, set] = defaultdict(set)
+    samples_by_stamp: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        stamps_by_class[r["class_name"]].add(r["stamp"])
+        samples_by_stamp[r["stamp"]].append(r["index"])
+    out: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    for cls in sorted(stamps_by_class):
+        stamps = sorted(stamps_by_class[cls])
+        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])
+        order = [stamps[i] for i in rng.permutation(len(stamps))]
+        start = 0
+        for name, count in zip(SPLIT_NAMES, _split_counts(len(stamps), fractions)):
+            for stamp in order[start:start + count]:
+                out[name].extend(samples_by_stamp[stamp])
+            start += count
+    return {name: np.array(sorted(idx), dtype=np.int64) for name, idx in out.items()}
+
+
+# -- the data set ---------------------------------------------------------------------------------
+@register_dataset("tuxpaint")
+class TuxPaint:
+    """Tux Paint stamps: image + text + human speech per (stamp, language); real, offline."""
+
+    modalities = ("image", "text", "speech")
+    split_samples = staticmethod(split_samples)
+
+    def __init__(self, data):
+        self.data = data
+        self.root = Path(os.path.expanduser(data.root))
+        self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.classes)
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.data.languages)
+
+    def info(self) -> dict:
+        """Notes stored with the prepared data (after ``index``)."""
+        return {"text_fallbacks": list(self.text_fallbacks)}
+
+    def settings(self) -> dict:
+        """Everything in the config that changes the prepared inputs (the cache key)."""
+        d = self.data
+        return {"root": str(self.root.resolve()), "classes": list(d.classes),
+                "languages": list(d.languages), "image_size": d.image_size,
+                "max_text_tokens": d.max_text_tokens, "max_speech_seconds": d.max_speech_seconds,
+                "sample_rate": d.sample_rate, "max_stamps_per_class": d.max_stamps_per_class}
+
+    def discover(self) -> dict[str, list[str]]:
+        """{class: sorted stamp paths relative to the root, without extension} for data.classes."""
+        if not self.root.is_dir():
+            raise DataError(f"Tux Paint stamps not found at {self.root}. {INSTALL_HINT}")
+        wanted = set(self.data.classes)
+        found: dict[str, list[str]] = defaultdict(list)
+        others: set[str] = set()
+        for folder, dirs, files in os.walk(self.root):
+            dirs.sort()
+            rel = Path(folder).relative_to(self.root)
+            if not rel.parts:
+                continue  # stamps right under the root have no class
+            cls = "/".join(rel.parts[:2])
+            names = set(files)
+            for f in sorted(files):
+                if not f.endswith(".png"):
+                    continue
+                stem = f[:-4]
+                # SVG-only stamps, stamps without a description and stamps missing a language's
+                # recording are left out: every sample must have all three modalities.
+                if f"{stem}.txt" not in names or any(
+                        f"{stem}_desc_{lang}.ogg" not in names for lang in self.data.languages):
+                    continue
+                if cls in wanted:
+                    found[cls].append((rel / stem).as_posix())
+                else:
+                    others.add(cls)
+        empty = [c for c in self.data.classes if not found.get(c)]
+        if empty:
+            import difflib
+            hints = []
+            for c in empty:
+                near = difflib.get_close_matches(c, sorted(others), n=1)
+                hints.append(f"'{c}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            raise DataError(
+                f"no usable stamps under {self.root} for class(es) {', '.join(hints)}: a stamp needs "
+                f"NAME.png, NAME.txt and NAME_desc_<lang>.ogg for every language in "
+                f"data.languages={list(self.data.languages)}. Classes with stamps: "
+                f"{', '.join(sorted(others | set(found))) or 'none'}.")
+        cap = self.data.max_stamps_per_class
+        return {c: sorted(found[c])[:cap] if cap > 0 else sorted(found[c]) for c in self.data.classes}
+
+    def index(self) -> tuple[list[dict], dict[str, list]]:
+        """Walk the root -> (records, sources): sources[modality][row] is what ``decoder``
+        turns into that row's raw item (a path relative to the root, or the text itself)."""
+        languages = list(self.data.languages)
+        records: list[dict] = []
+        sources: dict[str, list] = {"image": [], "text": [], "speech": []}
+        self.text_fallbacks = []
+        for label, (cls, stamps) in enumerate(self.discover().items()):
+            for stamp in stamps:
+                english, texts = read_descriptions(str(self.root / f"{stamp}.txt"))
+                image_row = len(sources["image"])
+                sources["image"].append(f"{stamp}.png")
+                for domain, lang in enumerate(languages):
+                    text = texts.get(lang, "")
+                    if lang == "en":
+                        text = english  # English is the first line, there is no en.utf8 line
+                    elif not text:
+                        self.text_fallbacks.append(f"{stamp}:{lang}")
+                        text = english
+                    row = len(records)
+                    sources["text"].append(text)
+                    sources["speech"].append(f"{stamp}_desc_{lang}.ogg")
+                    records.append({"index": row, "stamp": stamp, "class_name": cls, "label": label,
+                                    "language": lang, "domain": domain,
+                                    "rows": {"image": image_row, "text": row, "speech": row}})
+        if self.text_fallbacks:
+            log.info("tuxpaint: %d text(s) have no line in their language and use the English one: %s",
+                     len(self.text_fallbacks), ", ".join(self.text_fallbacks))
+        return records, sources
+
+    def decoder(self, modality: str) -> Callable | None:
+        """The function that turns one source of ``modality`` into its raw item (None: the
+        source is the raw item). A partial of a module-level function, so a pool can pickle it."""
+        root = str(self.root)
+        if modality == "image":
+            return functools.partial(_decode_under, "image", root)
+        if modality == "speech":
+            return functools.partial(_decode_under, "speech", root, sample_rate=self.data.sample_rate,
+                                     max_seconds=self.data.max_speech_seconds)
+        if modality == "text":
+            return None
+        raise DataError(f"tuxpaint has no modality '{modality}' (it has {', '.join(self.modalities)})")
+
+
+def _decode_under(modality: str, root: str, rel: str, **kw):
+    # The decoder is looked up at call time (not bound in the partial) so tests can patch it.
+    fn = decode_png if modality == "image" else decode_ogg
+    return fn(os.path.join(root, rel), **kw)
