@@ -64,3 +64,9 @@ def test_preset_yaml_with_unknown_key(tmp_path):
 def test_string_keys_stay_strings():
     cfg = build_config("tuxpaint", ["run.name=off", "run.progress=never", "data.root='/x y'"])
     assert cfg.run.name == "off" and cfg.data.root == "/x y"
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert config_reference() in doc, "docs/config.md is stale: regenerate it with `mmcl config --reference`"
