@@ -11,7 +11,9 @@ Defaults marked [C] are our choices where the paper's text is not available
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -66,7 +68,8 @@ class EncoderConfig:
     kind: str = doc("registered encoder: mobilenetv2, ge2e, hf_text", "")
     source: str = doc(
         "where weights come from: 'package' (weights shipped in a pip package), a local "
-        "folder or file, a Hugging Face id (hf_text), or 'random' (tiny random config, tests)", "package")
+        "folder or file, a Hugging Face id (hf_text; read from the local Hugging Face cache, "
+        "downloaded only when MMCL_DOWNLOAD=1), or 'random' (tiny random config, tests)", "package")
     width: int = doc("hidden width of the 'random' config (tests); ignored otherwise", 32)
     layers: int = doc("layer count of the 'random' config (tests); ignored otherwise", 3)
 
@@ -245,16 +248,33 @@ def _closest(key: str) -> str:
     return f" Did you mean '{match[0]}'?" if match else " Run 'mmcl run --help' for the list of keys."
 
 
-def _check_keys(d: dict, where: str, prefix: str = "") -> None:
-    """Reject unknown keys with the closest valid key named (before OmegaConf's terser error)."""
+def _groups() -> set[str]:
+    keys = valid_keys()
+    return {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
+
+
+def _group_error(key: str, where: str = "") -> ConfigError:
+    members = [k for k in valid_keys() if k.startswith(key + ".")]
+    example = members[0]
+    return ConfigError(f"'{key}' is a group of config keys, not a key{where}: set its keys one by one, "
+                       f"e.g. {example}={_example(example)} (its keys: {', '.join(members)})")
+
+
+def _check_keys(d: dict, where: str, prefix: str = "", check_values: bool = False) -> None:
+    """Reject unknown keys with the closest valid key named (before OmegaConf's terser error);
+    with check_values, also values of the wrong type (naming the key and the expected type)."""
     keys = set(valid_keys())
-    groups = {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
+    groups = _groups()
     for k, v in d.items():
         full = f"{prefix}{k}"
-        if isinstance(v, dict) and full in groups:
-            _check_keys(v, where, full + ".")
+        if full in groups:
+            if not isinstance(v, dict):
+                raise _group_error(full, f" (in {where})")
+            _check_keys(v, where, full + ".", check_values)
         elif full not in keys:
             raise ConfigError(f"unknown config key '{full}' in {where}.{_closest(full)}")
+        elif check_values:
+            _check_value(full, v, where)
 
 
 def preset_names() -> list[str]:
@@ -263,9 +283,15 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict:
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        text, where = path.read_text(), str(path)
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist. Pass an existing YAML file, or one "
+                              f"of the built-in presets: {', '.join(preset_names())}.")
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read preset file {path}: {e}") from None
     else:
         fname = name.replace("-", "_") + ".yaml"
         res = resources.files("mmcl.presets") / fname
@@ -275,15 +301,101 @@ def load_preset(name: str) -> dict:
             raise ConfigError(f"unknown preset '{name}'.{hint} Available: {', '.join(preset_names())} "
                               "(or pass a path to a YAML file).")
         text, where = res.read_text(), f"preset '{name}'"
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}. Fix the file "
+                          "(indent nested keys, e.g. 'train:' then '  epochs: 3').") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a YAML mapping of config keys")
+        raise ConfigError(f"{where} must be a YAML mapping of config keys (e.g. 'train:' then "
+                          f"'  epochs: 3'), not a {type(data).__name__}")
     data.pop("description", None)
-    _check_keys(data, where)
+    _check_keys(data, where, check_values=True)
     return data
 
 
 _KEY_TYPES = {k: t for k, t, *_ in iter_keys()}
+_KEY_DEFAULTS = {k: d for k, _, d, _ in iter_keys()}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+               "list[str]": "a list of strings", "list[float]": "a list of numbers"}
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def _example(key: str) -> str:
+    """A valid command-line value for key (from its default), for error messages."""
+    default, typ = _KEY_DEFAULTS[key], _KEY_TYPES[key]
+    if typ.startswith("list"):
+        items = list(default)[:2] if typ == "list[str]" else list(default)
+        items = items or (["a", "b"] if typ == "list[str]" else [0.5, 0.5])
+        return "[" + ",".join(str(x) for x in items) + "]"
+    if typ == "bool":
+        return str(default).lower()
+    if typ == "str" and key == "data.root":
+        return "/path/to/stamps"
+    if typ == "str" and key == "data.cache_dir":
+        return "/path/to/cache"
+    return str(default) if default != "" else "NAME"
+
+
+def _scalar_ok(typ: str, v: Any) -> bool:
+    """Whether OmegaConf can take v for a key of type typ (Python API values included:
+    numpy numbers, paths, numeric strings)."""
+    if isinstance(v, bool):
+        return typ in ("bool",)
+    if typ == "int":
+        if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral):
+            return float(v).is_integer()
+        if isinstance(v, str):
+            return re.fullmatch(r"\s*[-+]?\d+\s*", v) is not None
+        return isinstance(v, numbers.Integral)
+    if typ == "float":
+        if isinstance(v, str):
+            try:
+                float(v)
+                return True
+            except ValueError:
+                return False
+        return isinstance(v, numbers.Real)
+    if typ == "bool":
+        return (isinstance(v, str) and v.strip().lower() in _BOOL_WORDS) or (
+            isinstance(v, numbers.Integral) and v in (0, 1))
+    if typ == "str":  # (a YAML boolean for a string key is almost always an unquoted 'off'/'no')
+        return isinstance(v, (str, numbers.Real, os.PathLike))
+    return True
+
+
+def _check_value(key: str, v: Any, where: str = "") -> None:
+    """Raise ConfigError naming key, the expected type and an example when v cannot be one."""
+    typ = _KEY_TYPES.get(key)
+    if typ is None:
+        return
+    if typ.startswith("list["):
+        inner = typ[5:-1]
+        ok = isinstance(v, (list, tuple)) and all(_scalar_ok(inner, x) for x in v)
+    else:
+        ok = _scalar_ok(typ, v)
+    if ok:
+        return
+    got = "nothing" if v is None else f"{v!r} ({type(v).__name__})"
+    src = f" in {where}" if where else ""
+    hint = ""
+    if typ == "str" and isinstance(v, bool):
+        hint = " (YAML reads unquoted yes/no/on/off as booleans: quote the value)"
+    elif typ.startswith("list[") and not isinstance(v, (list, tuple)):
+        hint = " (write lists in brackets, without spaces on the command line)"
+    raise ConfigError(f"config key '{key}' expects {_TYPE_WORDS.get(typ, typ)}, got {got}{src}{hint}. "
+                      f"Example: {key}={_example(key)}")
+
+
+def _plain(v: Any) -> Any:
+    """Python API values -> what OmegaConf accepts: numpy scalars, paths and tuples converted."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # numpy / torch scalar
+        return v.item()
+    return v
 
 
 def parse_overrides(items: list[str] | dict | None) -> dict:
@@ -291,7 +403,7 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
     if not items:
         return {}
     if isinstance(items, dict):
-        pairs = list(items.items())
+        pairs = [(str(k), _plain(v)) for k, v in items.items()]
     else:
         pairs = []
         for item in items:
@@ -301,13 +413,26 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
             k = k.strip()
             if _KEY_TYPES.get(k) == "str":  # keep strings raw: YAML would read 'off' as False
                 value = v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" else v
+            elif v == "":
+                value = None  # 'key=' : reported below as "expects ..., got nothing"
             else:
-                value = yaml.safe_load(v) if v != "" else ""
+                try:
+                    value = yaml.safe_load(v)
+                except yaml.YAMLError as e:
+                    first = getattr(e, "problem", None) or str(e).strip().split("\n")[0] or type(e).__name__
+                    hint = f" Example: {k}={_example(k)}" if k in _KEY_TYPES else ""
+                    raise ConfigError(f"cannot read the value of '{k}' in '{item}': {first} "
+                                      f"(values are read as YAML: lists as [a,b], quote strings "
+                                      f"that contain ':' or '#').{hint}") from None
             pairs.append((k, value))
     nested: dict = {}
+    keys = set(valid_keys())
     for k, v in pairs:
-        if k not in valid_keys():
+        if k in _groups():
+            raise _group_error(k)
+        if k not in keys:
             raise ConfigError(f"unknown config key '{k}'.{_closest(k)}")
+        _check_value(k, v, "the overrides")
         cur = nested
         parts = k.split(".")
         for p in parts[:-1]:
@@ -327,7 +452,9 @@ def build_config(preset: str | None = None, overrides: list[str] | dict | None =
         merged = OmegaConf.merge(*layers)
     except (ValidationError, ConfigKeyError, OmegaConfBaseException) as e:
         key = getattr(e, "full_key", None) or ""
-        raise ConfigError(f"invalid value for config key '{key}': {getattr(e, 'msg', e)}") from None
+        msg = str(getattr(e, "msg", e)).strip().splitlines()[0]
+        hint = f" Example: {key}={_example(key)}" if key in _KEY_TYPES else ""
+        raise ConfigError(f"invalid value for config key '{key}': {msg}.{hint}") from None
     if preset:
         merged.preset = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
     cfg: Config = OmegaConf.to_object(merged)
@@ -357,28 +484,83 @@ def get_key(cfg, key: str):
     return cur
 
 
+# key -> smallest allowed value (inclusive)
+_MINIMUM = {
+    "run.threads": 0, "data.image_size": 8, "data.max_text_tokens": 2, "data.sample_rate": 1000,
+    "data.max_stamps_per_class": 0, "model.blocks": 1, "model.dim_z": 1, "model.head_hidden": 1,
+    "adapter.num_experts": 1, "adapter.dim": 1, "adapter.context_tokens": 1, "memory.size": 0,
+    "memory.batch_size": 1, "train.epochs": 1, "train.batch_size": 1, "train.weight_decay": 0.0,
+    "train.grad_clip": 0.0, "eval.batch_size": 1, "scenario.num_tasks": 1, "encoders.image.width": 1,
+    "encoders.image.layers": 1, "encoders.text.width": 2, "encoders.text.layers": 1,
+    "encoders.speech.width": 1, "encoders.speech.layers": 1,
+}
+# key -> value it must exceed
+_ABOVE = {"train.lr": 0.0, "data.max_speech_seconds": 0.0, "loss.distil_T": 0.0, "loss.align_tau": 0.0,
+          "loss.preserve_tau": 0.0}
+
+
+def _did_you_mean(value: str, choices) -> str:
+    near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" Did you mean '{near[0]}'?" if near else ""
+
+
+def _check_names(key: str, values: list, known=None) -> None:
+    if not values:
+        raise ConfigError(f"config key '{key}' is empty: give at least one, e.g. {key}={_example(key)}")
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"config key '{key}' lists '{v}' twice: {list(values)}")
+        seen.add(v)
+        if known is not None and v not in known:
+            raise ConfigError(f"config key '{key}': unknown value '{v}'.{_did_you_mean(v, known)} "
+                              f"Known: {', '.join(known)}")
+
+
+def _check_registered(cfg: Config) -> None:
+    """Names that must be registered (method, data set, encoders): fail before any data work."""
+    from mmcl import registry
+    registry.load_all()
+    checks = [("method.name", "method", cfg.method.name), ("data.dataset", "dataset", cfg.data.dataset)]
+    checks += [(f"encoders.{m}.kind", "encoder", getattr(cfg.encoders, m).kind) for m in cfg.data.modalities]
+    for key, kind, name in checks:
+        table = registry.REGISTRIES[kind]
+        if name not in table:
+            raise ConfigError(f"config key {key}='{name}' is not a registered {kind}."
+                              f"{_did_you_mean(name, table)} Known: {', '.join(sorted(table))} "
+                              f"(`mmcl list` describes them)")
+        modality = getattr(table[name], "modality", None)
+        if kind == "encoder" and modality and modality != key.split(".")[1]:
+            fits = sorted(n for n, c in table.items() if getattr(c, "modality", None) == key.split(".")[1])
+            raise ConfigError(f"config key {key}='{name}': encoder '{name}' is for {modality}, not "
+                              f"{key.split('.')[1]}. Use one of: {', '.join(fits)}")
+
+
 def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         v = get_key(cfg, key)
         if v not in choices:
-            raise ConfigError(f"config key '{key}' = {v!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"config key '{key}' = {v!r} is not one of {', '.join(choices)}."
+                              f"{_did_you_mean(v, choices)}")
+    for key, low in _MINIMUM.items():
+        v = get_key(cfg, key)
+        if v < low:
+            raise ConfigError(f"config key '{key}' must be at least {low}, got {v}")
+    for key, low in _ABOVE.items():
+        v = get_key(cfg, key)
+        if not v > low:
+            raise ConfigError(f"config key '{key}' must be greater than {low}, got {v}")
+    _check_names("data.modalities", cfg.data.modalities, ("image", "text", "speech"))
+    _check_names("data.classes", cfg.data.classes)
+    _check_names("data.languages", cfg.data.languages)
+    if not 0.0 <= cfg.freeze.threshold <= 1.0:
+        raise ConfigError(f"config key 'freeze.threshold' is a share of routings between 0 and 1, "
+                          f"got {cfg.freeze.threshold}")
     if not 1 <= cfg.adapter.top_k <= cfg.adapter.num_experts:
         raise ConfigError(f"adapter.top_k={cfg.adapter.top_k} must be between 1 and adapter.num_experts={cfg.adapter.num_experts}")
     if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1) > 1e-6 or min(cfg.data.split) < 0:
         raise ConfigError(f"data.split={cfg.data.split} must be three non-negative fractions summing to 1")
-    if cfg.scenario.num_tasks < 1:
-        raise ConfigError("scenario.num_tasks must be at least 1")
-    for name, val in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                      ("model.blocks", cfg.model.blocks), ("memory.batch_size", cfg.memory.batch_size)):
-        if val < 1:
-            raise ConfigError(f"config key '{name}' must be at least 1, got {val}")
-    if cfg.memory.size < 0:
-        raise ConfigError("memory.size must be >= 0")
-    if not cfg.data.modalities:
-        raise ConfigError("data.modalities is empty")
-    for m in cfg.data.modalities:
-        if m not in ("image", "text", "speech"):
-            raise ConfigError(f"data.modalities: unknown modality '{m}' (known: image, text, speech)")
+    _check_registered(cfg)
 
 
 def to_dict(cfg: Config) -> dict:

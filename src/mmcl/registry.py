@@ -29,18 +29,20 @@ def register_method(name: str):
 
 
 def get(kind: str, name: str) -> type:
-    _load_all()
+    """The class registered as name; KeyError naming the closest registered name otherwise."""
+    load_all()
     table = REGISTRIES[kind]
     if name not in table:
         import difflib
-        near = difflib.get_close_matches(name, list(table), n=1)
+        near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
-        raise KeyError(f"unknown {kind} '{name}'.{hint} Known: {', '.join(sorted(table))}")
+        raise KeyError(f"unknown {kind} '{name}'.{hint} Known: {', '.join(sorted(table))} "
+                       "(`mmcl list` describes them)")
     return table[name]
 
 
 def describe(kind: str) -> list[tuple[str, str]]:
-    _load_all()
+    load_all()
     out = []
     for name, cls in sorted(REGISTRIES[kind].items()):
         text = (cls.__doc__ or "").strip().splitlines()
@@ -48,8 +50,11 @@ def describe(kind: str) -> list[tuple[str, str]]:
     return out
 
 
-def _load_all() -> None:
-    # Importing the packages runs their @register_* decorators.
+def load_all() -> None:
+    """Import the built-in data sets, encoders and methods (their @register_* decorators run)."""
     import mmcl.data  # noqa: F401
     import mmcl.encoders  # noqa: F401
     import mmcl.methods  # noqa: F401
+
+
+_load_all = load_all  # the former private name
