@@ -61,12 +61,20 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _write_error(path: Path, e: BaseException) -> DataError:
+    return DataError(f"cannot write the data cache file {path}: {e}. Free some space or make the "
+                     "folder writable, or set data.cache_dir (or MMCL_CACHE) to another folder; "
+                     "cache files already written are complete and are kept.")
+
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = _tmp_name(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only, permissions: the complete files stay
+        raise _write_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -78,8 +86,21 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors creates 0600; match files open() makes
         os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _read_records(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not {"records", "sources", "classes", "domains"} <= set(meta):
+            raise ValueError("not an mmcl records file")
+    except (OSError, ValueError) as e:  # json's errors are ValueErrors
+        raise DataError(f"cannot read the prepared index {path}: {e}. Delete the folder {path.parent} "
+                        "and prepare again.") from e
+    return meta
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -266,7 +287,7 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
 
     records_path = folder / "records.json"
     if records_path.exists():
-        meta = json.loads(records_path.read_text(encoding="utf-8"))
+        meta = _read_records(records_path)
     else:
         t0 = time.perf_counter()
         records, sources = dataset.index()
@@ -274,7 +295,11 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
                 "encoders": {m: encoders[m].identity() for m in mods},
                 "classes": list(dataset.classes), "domains": list(dataset.domains),
                 "info": dataset.info(), "records": records, "sources": sources}
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the data cache folder {folder}: {e}. Set data.cache_dir "
+                            "(or MMCL_CACHE) to a writable folder.") from e
         _atomic_write_json(records_path, meta)
         timings["index_s"] = time.perf_counter() - t0
 
@@ -285,8 +310,14 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
         inputs = None
         if not in_path.exists():
             t0 = time.perf_counter()
-            inputs = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
-                                     chunk_size, workers, show)
+            try:
+                inputs = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
+                                         chunk_size, workers, show)
+            except DataError as e:
+                # The index lists every file: a stamp removed from disk is still in it.
+                raise DataError(f"{e} (Note: {records_path} lists the files indexed for this "
+                                f"cache; if you remove files rather than restore them, delete "
+                                f"{folder} as well so that the data are indexed again.)") from e
             _atomic_save_tensors(in_path, inputs)
             timings[f"inputs_{mod}_s"] = time.perf_counter() - t0
         if data.cache_prefix and not pre_path.exists():
@@ -347,7 +378,7 @@ class PreparedData:
     def from_folder(cls, folder: str | Path, modalities: Iterable[str], use_prefix: bool,
                     split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> "PreparedData":
         folder = Path(folder)
-        meta = json.loads((folder / "records.json").read_text(encoding="utf-8"))
+        meta = _read_records(folder / "records.json")
         kind = "prefix" if use_prefix else "inputs"
         tensors = {}
         for m in modalities:

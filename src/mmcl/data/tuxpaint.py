@@ -34,7 +34,23 @@ INSTALL_HINT = ("Install them with `sudo apt-get install tuxpaint-stamps-default
 REINSTALL_HINT = ("The file is corrupt or unreadable: reinstall the stamps "
                   "(`sudo apt-get install --reinstall tuxpaint-stamps-default`), or delete this "
                   "stamp's files to leave it out.")
+MISSING_HINT = ("Restore it (`sudo apt-get install --reinstall tuxpaint-stamps-default`), or remove "
+                "the whole stamp (its NAME.png, NAME.txt and NAME_desc_*.ogg files) to leave it out.")
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def file_problem(path: str, kind: str, error: BaseException) -> DataError:
+    """A DataError for a file that could not be read: missing (or a broken link), empty,
+    unreadable or corrupt, each with what to do."""
+    if not os.path.exists(path):
+        link = f" (a broken symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+        return DataError(f"{kind} file {path} is missing{link}. {MISSING_HINT}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return DataError(f"{kind} file {path} is empty (0 bytes). {REINSTALL_HINT}")
+    if not os.access(path, os.R_OK):
+        return DataError(f"cannot read {kind} file {path}: permission denied. Make it readable "
+                         "(chmod a+r), or copy the stamps to a folder you can read and set data.root.")
+    return DataError(f"cannot decode {kind} {path}: {error}. {REINSTALL_HINT}")
 
 
 # -- decoding (module-level functions: picklable for a process pool, patchable in tests) -------
@@ -48,7 +64,7 @@ def decode_png(path: str) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         rgb = Image.alpha_composite(white, rgba).convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
-        raise DataError(f"cannot decode image {path}: {e}. {REINSTALL_HINT}") from e
+        raise file_problem(path, "image", e) from e
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
@@ -73,10 +89,12 @@ def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0) -> np.ndar
                 for out in resampler.resample(None):  # flush the resampler's tail
                     pieces.append(out.to_ndarray().reshape(-1))
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
-        raise DataError(f"cannot decode audio {path}: {e}. {REINSTALL_HINT}") from e
+        raise file_problem(path, "audio", e) from e
     wave = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     if wave.size == 0:
-        raise DataError(f"audio file {path} decodes to no samples. {REINSTALL_HINT}")
+        raise DataError(f"audio file {path} is empty: it decodes to no samples. {REINSTALL_HINT}")
+    if not np.isfinite(wave).all():
+        raise DataError(f"audio file {path} decodes to non-finite samples (NaN or inf). {REINSTALL_HINT}")
     return wave[:limit] if limit is not None else wave
 
 
@@ -85,8 +103,10 @@ def read_descriptions(path: str) -> tuple[str, dict[str, str]]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read stamp description {path}: {e}. {REINSTALL_HINT}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"stamp description {path} is not UTF-8 text ({e}). {REINSTALL_HINT}") from e
+    except OSError as e:
+        raise file_problem(path, "stamp description", e) from e
     english = lines[0].strip() if lines else ""
     texts: dict[str, str] = {}
     for line in lines[1:]:
@@ -175,12 +195,22 @@ class TuxPaint:
                 "sample_rate": d.sample_rate, "max_stamps_per_class": d.max_stamps_per_class}
 
     def discover(self) -> dict[str, list[str]]:
-        """{class: sorted stamp paths relative to the root, without extension} for data.classes."""
+        """{class: sorted stamp paths relative to the root, without extension} for data.classes.
+
+        Stamps lacking a file (SVG-only stamps, stamps without NAME.txt or without a
+        recording for one of data.languages) are left out by design: every sample must have
+        all three modalities. A listed class left without stamps is an error naming the class,
+        the closest class folder that has stamps, and what its stamps lack."""
         if not self.root.is_dir():
-            raise DataError(f"Tux Paint stamps not found at {self.root}. {INSTALL_HINT}")
+            raise DataError(f"Tux Paint stamps not found at {self.root} (data.root). {INSTALL_HINT}")
+        languages = list(self.data.languages)
         wanted = set(self.data.classes)
         found: dict[str, list[str]] = defaultdict(list)
-        others: set[str] = set()
+        pngs: dict[str, int] = defaultdict(int)  # class -> stamps with an image, usable or not
+        lacking: dict[str, str] = {}  # class -> one stamp left out and the file it lacks
+        heard: set[str] = set()  # languages with at least one recording
+        usable: set[str] = set()  # classes (listed or not) with at least one usable stamp
+        skipped = 0
         for folder, dirs, files in os.walk(self.root):
             dirs.sort()
             rel = Path(folder).relative_to(self.root)
@@ -188,33 +218,57 @@ class TuxPaint:
                 continue  # stamps right under the root have no class
             cls = "/".join(rel.parts[:2])
             names = set(files)
+            for f in files:
+                stem, sep, lang = f.rpartition("_desc_")
+                if sep and lang.endswith(".ogg"):
+                    heard.add(lang[:-4])
             for f in sorted(files):
                 if not f.endswith(".png"):
                     continue
                 stem = f[:-4]
-                # SVG-only stamps, stamps without a description and stamps missing a language's
-                # recording are left out: every sample must have all three modalities.
-                if f"{stem}.txt" not in names or any(
-                        f"{stem}_desc_{lang}.ogg" not in names for lang in self.data.languages):
+                pngs[cls] += 1
+                need = [f"{stem}.txt"] + [f"{stem}_desc_{lang}.ogg" for lang in languages]
+                absent = [n for n in need if n not in names]
+                if absent:
+                    if cls in wanted:
+                        skipped += 1
+                        lacking.setdefault(cls, (rel / absent[0]).as_posix())
                     continue
+                usable.add(cls)
                 if cls in wanted:
                     found[cls].append((rel / stem).as_posix())
-                else:
-                    others.add(cls)
         empty = [c for c in self.data.classes if not found.get(c)]
         if empty:
-            import difflib
-            hints = []
-            for c in empty:
-                near = difflib.get_close_matches(c, sorted(others), n=1)
-                hints.append(f"'{c}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
-            raise DataError(
-                f"no usable stamps under {self.root} for class(es) {', '.join(hints)}: a stamp needs "
-                f"NAME.png, NAME.txt and NAME_desc_<lang>.ogg for every language in "
-                f"data.languages={list(self.data.languages)}. Classes with stamps: "
-                f"{', '.join(sorted(others | set(found))) or 'none'}.")
+            raise DataError(self._empty_classes_message(empty, usable, pngs, lacking, heard))
+        if skipped:
+            log.info("tuxpaint: left out %d stamp(s) of data.classes lacking a description or a "
+                     "recording in data.languages (e.g. no %s)", skipped, next(iter(lacking.values())))
         cap = self.data.max_stamps_per_class
         return {c: sorted(found[c])[:cap] if cap > 0 else sorted(found[c]) for c in self.data.classes}
+
+    def _empty_classes_message(self, empty, usable, pngs, lacking, heard) -> str:
+        import difflib
+        with_stamps = sorted(c for c, n in pngs.items() if n)
+        if not with_stamps:
+            return (f"no Tux Paint stamps (NAME.png files in class folders) under {self.root} "
+                    f"(data.root). {INSTALL_HINT}")
+        parts = []
+        for c in empty:
+            if pngs.get(c):
+                parts.append(f"'{c}' has {pngs[c]} stamp(s), but none has every file it needs "
+                             f"(e.g. there is no {lacking[c]})")
+            else:
+                near = difflib.get_close_matches(c, [x for x in with_stamps if x != c], n=1, cutoff=0.6)
+                parts.append(f"'{c}' has no stamps" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        msg = (f"no usable stamps under {self.root} for {len(empty)} class(es) in data.classes: "
+               f"{'; '.join(parts)}. A stamp needs NAME.png, NAME.txt and NAME_desc_<lang>.ogg for "
+               f"every language in data.languages={list(self.data.languages)}.")
+        unheard = [lang for lang in self.data.languages if lang not in heard]
+        if unheard:
+            return msg + (f" No stamp has a recording in {', '.join(repr(x) for x in unheard)}: fix "
+                          f"data.languages (languages with recordings: {', '.join(sorted(heard)) or 'none'}).")
+        return msg + (f" Fix data.classes (a class is a stamp folder, at most two levels deep; "
+                      f"with usable stamps: {', '.join(sorted(usable)) or 'none'}).")
 
     def index(self) -> tuple[list[dict], dict[str, list]]:
         """Walk the root -> (records, sources): sources[modality][row] is what ``decoder``
