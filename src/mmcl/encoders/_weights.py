@@ -31,3 +31,12 @@ def file_stamp(path: str | os.PathLike) -> str:
     total = sum(p.stat().st_size for p in files)
     mtime = max((p.stat().st_mtime_ns for p in files), default=0)
     return f"{path.resolve()}:{total}:{mtime}"
+
+
+def load_error(e: BaseException) -> str:
+    """A short reason why a weight file could not be read (for messages naming the file)."""
+    import pickle
+    if isinstance(e, pickle.UnpicklingError):  # torch.load(weights_only=True) refused or failed
+        return "not a weights-only PyTorch file; mmcl never unpickles arbitrary objects"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

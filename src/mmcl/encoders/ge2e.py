@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, package_file
+from mmcl.encoders._weights import file_stamp, load_error, package_file
 from mmcl.encoders.audio import N_MELS, SAMPLE_RATE, speech_features
 from mmcl.encoders.base import BlockEncoder, split_layers
 from mmcl.registry import register_encoder
@@ -63,12 +63,16 @@ class GE2EEncoder(BlockEncoder):
             if not path.is_file():
                 raise ValueError(f"{what}: weight file {path} does not exist (pass source='package', "
                                  "'random' or the path of a resemblyzer checkpoint)")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - unpickling errors vary
+                raise ValueError(f"{what}: cannot read {path} as a PyTorch checkpoint ({load_error(e)}). Pass "
+                                 "source='package', 'random' or the path of a resemblyzer checkpoint.") from None
             sd = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
             self._build(HIDDEN, NUM_LAYERS)
             try:
                 self.load_state_dict(_resemblyzer_to_layers(sd, NUM_LAYERS), strict=True)
-            except (KeyError, RuntimeError) as e:
+            except (KeyError, RuntimeError, TypeError, AttributeError) as e:
                 raise ValueError(f"{what}: {path} is not a resemblyzer GE2E checkpoint "
                                  f"(lstm.*_l0..l2, linear.*): {e}") from None
             self.weights_path = path

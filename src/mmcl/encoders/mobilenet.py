@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, package_file
+from mmcl.encoders._weights import file_stamp, load_error, package_file
 from mmcl.encoders.base import BlockEncoder, split_layers
 from mmcl.registry import register_encoder
 
@@ -110,9 +110,16 @@ class MobileNetV2Encoder(BlockEncoder):
                                  "'random' or the path of a MobileNetV2 state-dict file)")
             self.features = mobilenetv2_features()
             try:
-                self.features.load_state_dict(
-                    {k.removeprefix("features."): v for k, v in _load_state_dict(path).items()}, strict=True)
-            except RuntimeError as e:
+                sd = _load_state_dict(path)
+            except Exception as e:  # noqa: BLE001 - unpickling and safetensors errors vary
+                raise ValueError(f"{what}: cannot read {path} as a PyTorch or safetensors state dict "
+                                 f"({load_error(e)}). "
+                                 "Pass source='package', 'random' or a MobileNetV2 state-dict file.") from None
+            try:
+                if not isinstance(sd, dict):
+                    raise TypeError(f"it holds a {type(sd).__name__}, not a dict of tensors")
+                self.features.load_state_dict({k.removeprefix("features."): v for k, v in sd.items()}, strict=True)
+            except (RuntimeError, TypeError, AttributeError) as e:
                 raise ValueError(f"{what}: {path} is not a MobileNetV2 'features.*' state dict: {e}") from None
             self.weights_path = path
             self._stamp = file_stamp(path)
