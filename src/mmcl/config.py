@@ -114,6 +114,7 @@ class ModelConfig:
     dim_z: int = doc("width of per-modality and joint representations [C]", 256)
     head_hidden: int = doc("hidden width of the projection and fusion MLPs [C]", 256)
     pool: str = doc("token pooling before projection: 'mean' (over valid tokens)", "mean")
+    input_norm: bool = doc("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
     adapters: bool = doc("cross-modality adapters after every block; false = frozen features only", True)
 
 
