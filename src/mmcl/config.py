@@ -199,14 +199,7 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 def iter_keys(cls=Config, prefix: str = ""):
     """Yield (dotted key, type name, default, doc) for every leaf key of the config."""
-    inst = cls()
-    for f in fields(cls):
-        key = f"{prefix}{f.name}"
-        value = getattr(inst, f.name)
-        if is_dataclass(value):
-            yield from _iter_instance(value, key + ".")
-        else:
-            yield key, _type_name(f.type), value, f.metadata.get("doc", "")
+    yield from _iter_instance(cls(), prefix)
 
 
 def _iter_instance(inst, prefix):
