@@ -9,14 +9,22 @@ a method owns its losses and its memory.
     end_task(t)              after training task t: freeze, update memory, store old outputs
     predict(batch)           -> logits over the classes seen so far
     trainable_parameters()   what the optimiser of the current task updates
-    state() / load_state()   JSON metadata + tensors for checkpoints (no pickle)
+    state() / load_state()   JSON metadata + tensors for checkpoints (no pickle). A checkpoint
+                             may be taken in the middle of a task, so the state includes what
+                             begin_task set up; a resumed task does not call begin_task again.
+
+Training forwards go through ``forward_batch(idx)``: in a data-parallel run (torchrun) it runs
+this rank's share of the rows and gathers the outputs of the whole batch, so a method's loss
+code is the same in one process and in many (see mmcl.distributed).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from mmcl.model.mmencoder import MMModel
+from mmcl.distributed import Dist, shard_bounds, shard_sizes
+from mmcl.model.adapter import balance_from_stats
+from mmcl.model.mmencoder import MMModel, Output
 
 
 def to_device(batch, device):
@@ -36,6 +44,7 @@ class Method:
         self.task = -1
         # Separate generator for the method's own sampling (memory batches, random selection).
         self.generator = torch.Generator().manual_seed(cfg.run.seed + 7919)
+        self.dist = Dist()  # the engine sets the process group's view in a data-parallel run
 
     # -- data -----------------------------------------------------------------------------------
     def fetch(self, idx: Tensor) -> dict:
@@ -43,9 +52,65 @@ class Method:
         batch["target"] = self.scenario.label_to_output[batch["label"]]
         return to_device(batch, self.device)
 
+    def targets(self, idx: Tensor) -> Tensor:
+        return self.scenario.label_to_output[self.data.labels[idx]].to(self.device)
+
+    def forward_batch(self, idx: Tensor) -> tuple[Output, Tensor]:
+        """Training forward over the samples ``idx`` -> (outputs of every row, targets). In a
+        data-parallel run each rank computes its slice of the rows and the outputs, the gate
+        statistics and the expert-usage counts of the whole batch are combined across ranks."""
+        if not self.dist.enabled:
+            batch = self.fetch(idx)
+            return self.model(batch), batch["target"]
+        d, model, n = self.dist, self.model, len(idx)
+        sizes = shard_sizes(n, d.world_size)
+        start, end = shard_bounds(n, d.world_size, d.rank)
+        with model.sharded(n, start, end):
+            if end > start:
+                out = model(self.fetch(idx[start:end]))
+            else:  # fewer rows than ranks: nothing to run, but keep the RNG in step
+                out = None
+                model.skip_routing_noise(n)
+        mods, C, dz = model.modalities, model.classifier.num_classes, model.classifier.dim
+        if out is not None:
+            local = torch.cat([out.logits.float()] + [out.z_mod[m].float() for m in mods] + [out.z_joint.float()], 1)
+        else:
+            local = torch.zeros(0, C + (len(mods) + 1) * dz, device=self.device)
+        full = d.gather_rows(local, sizes)
+        z_mod = {m: full[:, C + i * dz:C + (i + 1) * dz] for i, m in enumerate(mods)}
+        balance, usage = 0.0, []
+        if model.adapters:
+            stats = out.stats.float() if out is not None else torch.zeros(model.routing_stats_shape(),
+                                                                             device=self.device)
+            balance = balance_from_stats(d.sum_across(stats))
+            E = model.adapters[0].num_experts
+            counts = torch.zeros(len(model.adapters), E + 1, dtype=torch.float64, device=self.device)
+            if out is not None:
+                counts[:, :E] = torch.stack(out.usage).double()
+                counts[:, E] = torch.tensor(out.routings, dtype=torch.float64)
+            d.all_sum_(counts)
+            if model.training:
+                for a, c in zip(model.adapters, counts):
+                    a.add_usage(c[:E], float(c[E]))
+            usage = list(counts[:, :E])
+        output = Output(full[:, :C], z_mod, full[:, C + len(mods) * dz:], balance, usage)
+        return output, self.targets(idx)
+
     @torch.no_grad()
     def infer(self, idx: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
-        """Eval-mode logits and joint representations of samples (chunked), on the CPU."""
+        """Eval-mode logits and joint representations of samples (chunked), on the CPU. In a
+        data-parallel run each rank infers its share and every rank gets all rows."""
+        if self.dist.enabled:
+            d = self.dist
+            sizes = shard_sizes(len(idx), d.world_size)
+            start, end = shard_bounds(len(idx), d.world_size, d.rank)
+            logits, z = self._infer_local(idx[start:end], batch_size)
+            both = d.gather_rows_nograd(torch.cat([logits, z], 1).to(self.device), sizes).cpu()
+            return both[:, :logits.shape[1]], both[:, logits.shape[1]:]
+        return self._infer_local(idx, batch_size)
+
+    @torch.no_grad()
+    def _infer_local(self, idx: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         was = self.model.training
         self.model.eval()
         bs = batch_size or self.cfg.eval.batch_size
@@ -80,10 +145,12 @@ class Method:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def state(self) -> tuple[dict, dict[str, Tensor]]:
-        return {"task": self.task}, {}
+        return {"task": self.task}, {"generator": self.generator.get_state()}
 
     def load_state(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         self.task = meta["task"]
+        if "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
 
     def summary(self) -> dict:
         """Method-specific results for results.json (e.g. expert usage)."""

@@ -93,10 +93,9 @@ class CrossModalityAdapters(Method):
             all_idx = torch.cat([idx, mem_idx])
         else:
             all_idx = idx
-        batch = self.fetch(all_idx)
-        out = self.model(batch)
+        out, target = self.forward_batch(all_idx)
         n = len(idx)
-        terms = {"cls": losses.classification(out.logits, batch["target"])}
+        terms = {"cls": losses.classification(out.logits, target)}
         if use_memory:
             old_logits = self.memory.old_logits[mem_pos].to(self.device)
             n_old = old_logits.shape[1]

@@ -51,6 +51,16 @@ class Routing:
     balance: Tensor          # cv^2(importance) + cv^2(load), summed over modalities
     counts: Tensor           # (E,) how often each expert was chosen
     routings: int            # routed (sample, modality) pairs
+    stats: Tensor | None = None  # (modalities, 2, E): importance and load sums (differentiable)
+
+
+def balance_from_stats(stats: Tensor) -> Tensor | float:
+    """Sum over modalities of cv^2(importance) + cv^2(load), from ``Routing.stats``-shaped
+    (..., 2, E) sums (a sharded step sums them over ranks first)."""
+    balance = 0.0
+    for pair in stats.reshape(-1, 2, stats.shape[-1]):
+        balance = balance + load_balance(pair[0], pair[1])
+    return balance
 
 
 class CrossModalityAdapter(nn.Module):
@@ -90,8 +100,16 @@ class CrossModalityAdapter(nn.Module):
         self.register_buffer("usage_count", torch.zeros(num_experts, dtype=torch.float64))
         self.register_buffer("routing_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
+        # Set by a data-parallel step (MMModel.sharded): (global rows, first, end) of this
+        # rank's rows, so the routing noise is drawn for the whole batch and sliced; usage
+        # counts are then added by the caller once they are summed over ranks.
+        self.shard: tuple[int, int, int] | None = None
 
     # -- freezing -------------------------------------------------------------------------------
+    def add_usage(self, counts: Tensor, routings: float) -> None:
+        self.usage_count += counts.to(self.usage_count)
+        self.routing_count += routings
+
     def reset_usage(self) -> None:
         self.usage_count.zero_()
         self.routing_count.zero_()
@@ -113,19 +131,31 @@ class CrossModalityAdapter(nn.Module):
                 p.requires_grad_(not bool(self.frozen[e]))
 
     # -- routing --------------------------------------------------------------------------------
-    def _route(self, m: str, gate_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (chosen expert ids (B, k), their weights (B, k), balance term)."""
+    @property
+    def draws_noise(self) -> bool:
+        return self.noisy_gating and self.training and not self.dense
+
+    def draw_noise(self, rows: int, device, dtype=torch.float32) -> Tensor:
+        """Standard normal gate noise for this call's rows: drawn for the whole (global) batch
+        and sliced to this rank's rows, so sharding does not change any sample's noise."""
+        if self.shard is None:
+            return torch.randn(rows, self.num_experts, device=device, dtype=torch.float32).to(dtype)
+        n, start, end = self.shard
+        return torch.randn(n, self.num_experts, device=device, dtype=torch.float32)[start:end].to(dtype)
+
+    def _route(self, m: str, gate_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> (chosen expert ids (B, k), their weights (B, k), importance (E,), load (E,))."""
         logits = self.gate[m](gate_in)
         E, k = self.num_experts, self.top_k
         if self.dense:
             w = logits.softmax(-1)
             idx = torch.arange(E, device=logits.device).expand(logits.shape[0], E)
             importance = w.sum(0)
-            return idx, w, load_balance(importance, importance)
-        noisy = self.noisy_gating and self.training
+            return idx, w, importance, importance
+        noisy = self.draws_noise
         if noisy:
             noise_std = F.softplus(self.gate_noise[m](gate_in)) + 1e-2
-            noisy_logits = logits + torch.randn_like(logits) * noise_std
+            noisy_logits = logits + self.draw_noise(logits.shape[0], logits.device, logits.dtype) * noise_std
         else:
             noisy_logits = logits
         top_val, top_idx = noisy_logits.topk(min(k + 1, E), dim=-1)
@@ -144,7 +174,7 @@ class CrossModalityAdapter(nn.Module):
             load = torch.where(inside, p_in, p_out).sum(0)
         else:
             load = (gates > 0).float().sum(0)
-        return idx, w, load_balance(importance, load)
+        return idx, w, importance, load
 
     # -- experts --------------------------------------------------------------------------------
     def _stacked(self, name: str) -> Tensor:
@@ -181,13 +211,15 @@ class CrossModalityAdapter(nn.Module):
         down = {m: self.down[m](tokens[m]) for m in self.modalities}
         pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
         ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
-        out, balance = {}, 0.0
+        out, balance, stats = {}, 0.0, []
         counts = torch.zeros(self.num_experts, device=next(iter(down.values())).device)
         routings = 0
         for m in self.modalities:
             others = [j for j in self.modalities if j != m] or [m]  # one modality: its own tokens
             other_pool = torch.stack([pooled[j] for j in others]).mean(0)
-            idx, w, bal = self._route(m, torch.cat([pooled[m], other_pool], -1))
+            idx, w, importance, load = self._route(m, torch.cat([pooled[m], other_pool], -1))
+            stats.append(torch.stack([importance, load.to(importance.dtype)]))
+            bal = load_balance(importance, load)
             ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
             cmasks = [ctx_tokens[j][1] for j in others]
             if all(c is None for c in cmasks):
@@ -204,7 +236,6 @@ class CrossModalityAdapter(nn.Module):
             else:
                 counts += torch.bincount(idx.reshape(-1), minlength=self.num_experts).to(counts.dtype)
             routings += idx.shape[0]
-        if self.training:
-            self.usage_count += counts.double()
-            self.routing_count += routings
-        return out, Routing(balance=balance, counts=counts, routings=routings)
+        if self.training and self.shard is None:
+            self.add_usage(counts.double(), routings)
+        return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats))

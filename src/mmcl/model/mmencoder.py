@@ -1,6 +1,7 @@
 """MMEncoder: frozen encoders + cross-modality adapters, projections, fusion and classifier."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +53,8 @@ class Output:
     z_joint: Tensor
     balance: Tensor | float = 0.0
     usage: list = field(default_factory=list)  # per block: expert choice counts of this call
+    routings: list = field(default_factory=list)  # per block: routed (sample, modality) pairs
+    stats: Tensor | None = None  # (blocks, modalities, 2, E) gate importance / load sums
 
 
 class MMModel(nn.Module):
@@ -81,8 +84,35 @@ class MMModel(nn.Module):
         """Everything but the frozen encoders (re-loaded from their source on resume)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoders.")}
 
-    def encode(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor | None], Tensor | float, list]:
-        """Run the frozen blocks with adapters; returns the last tokens and masks per modality."""
+    @contextlib.contextmanager
+    def sharded(self, rows: int, start: int, end: int):
+        """While active, this process runs rows [start, end) of a ``rows``-row data-parallel
+        batch: routing noise is drawn for all rows and sliced, and the adapters leave usage
+        counting to the caller (which sums the counts over ranks first)."""
+        for a in self.adapters:
+            a.shard = (rows, start, end)
+        try:
+            yield
+        finally:
+            for a in self.adapters:
+                a.shard = None
+
+    def skip_routing_noise(self, rows: int) -> None:
+        """Advance the RNG exactly as a forward over ``rows`` rows would (a rank with no rows
+        in a step must stay in step with the others)."""
+        device = next(self.parameters()).device
+        for a in self.adapters:
+            if a.draws_noise:
+                for _ in a.modalities:
+                    torch.randn(rows, a.num_experts, device=device)  # as CrossModalityAdapter.draw_noise
+
+    def routing_stats_shape(self) -> tuple[int, ...]:
+        a = self.adapters[0]
+        return (len(self.adapters), len(a.modalities), 2, a.num_experts)
+
+    def encode(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor | None], list]:
+        """Run the frozen blocks with adapters; returns the last tokens and masks per modality
+        and each block's Routing."""
         tokens, masks = {}, {}
         for m in self.modalities:
             x = batch[m]
@@ -90,19 +120,22 @@ class MMModel(nn.Module):
                 tokens[m], masks[m] = x["tokens"], x.get("mask")
             else:
                 tokens[m], masks[m] = self.encoders[m].prefix(x)
-        balance, usage = 0.0, []
+        routing = []
         for b in range(self.num_blocks):
             if b > 0:
                 for m in self.modalities:
                     tokens[m], masks[m] = self.encoders[m].forward_block(b, tokens[m], masks[m])
             if self.adapters:
-                tokens, routing = self.adapters[b](tokens, masks)
-                balance = balance + routing.balance
-                usage.append(routing.counts)
-        return tokens, masks, balance, usage
+                tokens, r = self.adapters[b](tokens, masks)
+                routing.append(r)
+        return tokens, masks, routing
 
     def forward(self, batch: dict) -> Output:
-        tokens, masks, balance, usage = self.encode(batch)
+        tokens, masks, routing = self.encode(batch)
+        balance = 0.0
+        for r in routing:
+            balance = balance + r.balance
         z_mod = {m: self.proj[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
         z_joint = self.fusion(torch.cat([z_mod[m] for m in self.modalities], dim=-1))
-        return Output(self.classifier(z_joint), z_mod, z_joint, balance, usage)
+        return Output(self.classifier(z_joint), z_mod, z_joint, balance, [r.counts for r in routing],
+                      [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None)
