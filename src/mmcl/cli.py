@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("preset")
     r.add_argument("overrides", nargs="*", metavar="key=value")
     r.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
+    r.add_argument("--fresh", action="store_true",
+                   help="start over in the run folder instead of resuming from its last checkpoint")
     r.add_argument("-v", "--verbose", action="store_true")
     pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)")
     pr.add_argument("preset")
@@ -43,18 +46,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    if _rank() != 0:  # under torchrun only rank 0 reports progress
+        level = logging.WARNING
+    logging.basicConfig(level=level, format=("%(asctime)s %(levelname)s " + (f"[rank {_rank()}] " if _rank() else "")
+                                             + "%(message)s"), datefmt="%H:%M:%S")
     try:
         return _dispatch(args)
     except ConfigError as e:
         print(f"mmcl: config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from mmcl.engine import Interrupted
+        if isinstance(e, Interrupted):
+            if _rank() == 0:
+                print(f"mmcl: {e.message}", file=sys.stderr)
+            return 128 + e.signum
         print("mmcl: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        from mmcl.io import WriteError
+        if not isinstance(e, WriteError) and not isinstance(e, FileNotFoundError):
+            raise
+        if getattr(args, "verbose", False):
+            raise
+        print(f"mmcl: error: {e.strerror if isinstance(e, WriteError) else e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         # User-facing errors (data, checkpoints, training) carry their own explanation.
         if getattr(args, "verbose", False):
@@ -95,9 +118,10 @@ def _dispatch(args) -> int:
     from mmcl.engine import Experiment
     from mmcl.report import format_metrics_table
     exp = Experiment(cfg, args.run_dir)
-    results = exp.run()
-    print(format_metrics_table(results))
-    print(f"run folder: {exp.run_dir}")
+    results = exp.run(fresh=args.fresh)
+    if _rank() == 0:
+        print(format_metrics_table(results))
+        print(f"run folder: {exp.run_dir}")
     return 0
 
 
