@@ -68,3 +68,14 @@ def test_sample_and_state_roundtrip():
     other = RehearsalMemory()
     other.load(meta, tensors)
     assert torch.equal(other.indices(), mem.indices()) and torch.equal(other.old_z, mem.old_z)
+
+
+def test_small_groups_leave_their_slots_to_others():
+    q = quotas(["a", "b", "c"], 12, {"a": 1, "b": 100, "c": 100})
+    assert q == {"a": 1, "b": 6, "c": 5} or q == {"a": 1, "b": 5, "c": 6}
+    assert sum(quotas(list("abcd"), 14, {k: 100 for k in "abcd"}).values()) == 14
+    q = quotas(list("abc"), 10, {"a": 4, "b": 100, "c": 100})  # 3/3/4 would waste nothing either
+    assert sum(q.values()) == 10 and max(q["b"], q["c"]) - min(q["b"], q["c"]) <= 1
+    mem = RehearsalMemory(20, "random")
+    mem.update({(0,): torch.arange(2), (1,): torch.arange(10, 40)}, None, torch.Generator().manual_seed(0))
+    assert len(mem) == 20 and len(mem.groups[(0,)]) == 2

@@ -35,13 +35,24 @@ def herding(features: Tensor, m: int) -> list[int]:
     return chosen
 
 
-def quotas(keys: list, size: int) -> dict:
-    """Split ``size`` slots over sorted group keys as evenly as possible (sizes differ by <= 1)."""
+def quotas(keys: list, size: int, capacity: dict | None = None) -> dict:
+    """Split ``size`` slots over group keys as evenly as possible. With ``capacity`` (samples
+    available per group), slots a small group cannot use go to the others, so the memory is
+    filled whenever there are enough samples; groups that are not capped differ by <= 1."""
     keys = sorted(keys)
-    if not keys:
-        return {}
-    base, rem = divmod(size, len(keys))
-    return {k: base + (1 if i < rem else 0) for i, k in enumerate(keys)}
+    q = {k: 0 for k in keys}
+    cap = capacity or {k: size for k in keys}
+    open_keys = [k for k in keys if cap[k] > 0]
+    left = size
+    while left > 0 and open_keys:
+        open_keys.sort(key=lambda k: (q[k], k))  # remainders go to the smallest groups first
+        base, rem = divmod(left, len(open_keys))
+        for i, k in enumerate(open_keys):
+            add = min(base + (1 if i < rem else 0), cap[k] - q[k])
+            q[k] += add
+            left -= add
+        open_keys = [k for k in open_keys if q[k] < cap[k]]
+    return q
 
 
 class RehearsalMemory:
@@ -65,8 +76,9 @@ class RehearsalMemory:
                generator: torch.Generator | None = None) -> None:
         """Add groups of candidate sample indices (with their features for herding), then
         shrink every group to its quota. Stored outputs are invalidated (call set_outputs)."""
-        all_keys = set(self.groups) | set(new_groups)
-        q = quotas(list(all_keys), self.size)
+        capacity = {k: len(v) for k, v in self.groups.items()}
+        capacity.update({k: len(v) for k, v in new_groups.items()})
+        q = quotas(list(capacity), self.size, capacity)
         for key, idx in new_groups.items():
             if self.selection == "herding":
                 order = herding(features[key], q[key])
