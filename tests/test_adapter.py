@@ -141,3 +141,10 @@ def test_classifier_grows_and_keeps_old_rows():
     assert torch.equal(c.heads[0].weight, w_old)
     assert torch.equal(c(z)[:, :4], logits_old)
     assert isinstance(c.heads[1], nn.Linear)
+
+
+def test_classifier_heads_follow_the_model_device():
+    c = GrowingClassifier(8).to("meta")  # stands in for a GPU: any device but the CPU
+    c.grow(3)
+    c.grow(2)
+    assert all(p.device.type == "meta" for p in c.parameters())

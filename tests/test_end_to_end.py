@@ -132,3 +132,15 @@ def test_previous_model_never_runs_and_classifier_grows(experiment):
     counts = [len(v) for v in mem.groups.values()]
     assert max(counts) - min(counts) <= 1 and len(mem.groups) == 4
     assert mem.old_logits.shape == (len(mem), 4) and mem.old_z.shape == (len(mem), 16)
+
+
+def test_distil_on_current_works_without_memory(fake_stamps, tmp_path):
+    root, classes = fake_stamps
+    cfg = build_config("tuxpaint", tiny_overrides(root, classes, tmp_path / "cache", tmp_path / "runs", **{
+        "scenario.num_tasks": 2, "memory.size": 0, "loss.distil_on_current": True, "train.epochs": 1}))
+    exp = Experiment(cfg)
+    exp.train_task(0)
+    exp.method.begin_task(1)
+    exp.model.train()
+    terms = exp.method.training_step(exp.scenario.tasks[1].train[:4])
+    assert "distil" in terms and "preserve" not in terms and float(terms["distil"].detach()) >= 0

@@ -96,18 +96,22 @@ class CrossModalityAdapters(Method):
         out, target = self.forward_batch(all_idx)
         n = len(idx)
         terms = {"cls": losses.classification(out.logits, target)}
+        # L_distil: memory rows against their stored old logits, plus the current rows against
+        # theirs when distil_on_current computed them (also without a memory).
+        old_parts, new_parts = [], []
+        if self.current_old_logits is not None:
+            cur_old = self.current_old_logits[idx].to(self.device)
+            old_parts.append(cur_old)
+            new_parts.append(out.logits[:n, :cur_old.shape[1]])
         if use_memory:
-            old_logits = self.memory.old_logits[mem_pos].to(self.device)
-            n_old = old_logits.shape[1]
-            new_logits = out.logits[n:, :n_old]
-            if self.current_old_logits is not None:
-                old_logits = torch.cat([self.current_old_logits[idx].to(self.device), old_logits])
-                new_logits = out.logits[:, :n_old]
-            if lw.distil:
-                terms["distil"] = lw.distil * losses.distillation(new_logits, old_logits, lw.distil_T)
-            if lw.preserve:
-                terms["preserve"] = lw.preserve * losses.preservation(
-                    self.memory.old_z[mem_pos].to(self.device), out.z_joint[n:], self.task + 1, lw.preserve_tau)
+            mem_old = self.memory.old_logits[mem_pos].to(self.device)
+            old_parts.append(mem_old)
+            new_parts.append(out.logits[n:, :mem_old.shape[1]])
+        if lw.distil and old_parts:
+            terms["distil"] = lw.distil * losses.distillation(torch.cat(new_parts), torch.cat(old_parts), lw.distil_T)
+        if use_memory and lw.preserve:
+            terms["preserve"] = lw.preserve * losses.preservation(
+                self.memory.old_z[mem_pos].to(self.device), out.z_joint[n:], self.task + 1, lw.preserve_tau)
         if lw.align:
             terms["align"] = lw.align * losses.alignment(
                 [out.z_mod[m] for m in self.model.modalities], out.z_joint, lw.align_kind, lw.align_tau,

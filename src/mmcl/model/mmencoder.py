@@ -28,17 +28,15 @@ class GrowingClassifier(nn.Module):
         super().__init__()
         self.dim = dim
         self.heads = nn.ModuleList()
+        self.register_buffer("device_ref", torch.zeros(0), persistent=False)
 
     @property
     def num_classes(self) -> int:
         return sum(h.out_features for h in self.heads)
 
     def grow(self, n: int) -> None:
-        ref = next(self.parameters(), None)
-        head = nn.Linear(self.dim, n)
-        if ref is not None:
-            head = head.to(ref.device)
-        self.heads.append(head)
+        # The buffer follows model.to(device), so the first head lands there too.
+        self.heads.append(nn.Linear(self.dim, n).to(self.device_ref.device))
 
     def forward(self, z: Tensor) -> Tensor:
         if not self.heads:
