@@ -42,8 +42,8 @@ from tqdm import tqdm
 from mmcl import __version__, metrics, registry
 from mmcl.config import Config, to_dict, to_yaml
 from mmcl.distributed import Dist, from_env, shard_bounds
-from mmcl.io import (CheckpointError, CheckpointStore, WriteError, parse_checkpoint, save_checkpoint,
-                     atomic_write_text, write_json, write_jsonl)
+from mmcl.io import (CheckpointError, CheckpointStore, CheckpointWriteError, WriteError, atomic_write_text,
+                     parse_checkpoint, save_checkpoint, write_json, write_jsonl)
 from mmcl.methods.base import Method
 from mmcl.model.mmencoder import MMModel
 from mmcl.scenarios import Scenario, build_scenario
@@ -241,6 +241,13 @@ class Experiment:
         if self.dist.is_main:
             try:
                 fn()
+            except WriteError as e:  # disk full: say what is kept and how to go on
+                kept = (f"the newest good checkpoint {self.last_checkpoint} is kept"
+                        if self.last_checkpoint and not isinstance(e, CheckpointWriteError) else "")
+                error = type(e)(e.errno, f"{e.strerror}. The run stopped ({self._where()}){'; ' + kept if kept else ''}"
+                                         f"; metrics already written are in {self.run_dir / 'metrics.jsonl'}. Free "
+                                         "some space and run the same command again to resume.")
+                error.__cause__ = e
             except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
                 error = e
         if not self.dist.all_ok(error is None, self.device):
@@ -458,7 +465,7 @@ class Experiment:
                 raise TrainingError(
                     f"loss became non-finite at task {t + 1}, epoch {p.epoch + 1}, step {p.step + 1}: "
                     f"term(s) {', '.join(bad) or 'total'} = "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     + f". Lower train.lr or check the input data; {kept}, and results of finished tasks "
                     f"in {self.run_dir / 'metrics.jsonl'}. Resuming with the same config repeats this "
                     "step; start over with --fresh after a change.")
@@ -550,10 +557,13 @@ class Experiment:
                  self.run_dir, T, self.scenario.kind, ",".join(cfg.data.modalities),
                  *(sum(len(getattr(task, s)) for task in self.scenario.tasks) for s in ("train", "val", "test")),
                  self.prepare_time_s, f", {self.dist.world_size} processes" if self.dist.enabled else "")
-        if p.task >= T and results_path.exists():
+        # rank 0 decides: other machines need not see the run folder
+        if p.task >= T and self.dist.all_max_int(int(self.dist.is_main and results_path.exists()), self.device):
             log.info("run %s is already complete (use --fresh to start over)", self.run_dir)
+            if not self.dist.is_main:
+                return self._results()
             results = json.loads(results_path.read_text(encoding="utf-8"))
-            if self.dist.is_main and not (self.run_dir / "report.html").exists():
+            if not (self.run_dir / "report.html").exists():
                 self._write_report()
             return results
         self._session_start = time.perf_counter()

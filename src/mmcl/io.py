@@ -254,15 +254,15 @@ class CheckpointStore:
         if not cands:
             return None
         problems = []
-        for name, digests in cands:
-            if not re.fullmatch(r"ckpt-\d{6,}", name):
-                problems.append(f"{name}: not a checkpoint name")
-                continue
+        for i, (name, digests) in enumerate(cands):
             try:
+                if not re.fullmatch(r"ckpt-\d{6,}", name):
+                    raise CheckpointError(f"{self.pointer} names {name!r}, not a checkpoint")
                 meta_bytes, blob = read_checkpoint_bytes(self.folder / name, digests)
             except CheckpointError as e:
                 problems.append(str(e))
-                log.warning("%s; trying the previous checkpoint", e)
+                if i + 1 < len(cands):
+                    log.warning("%s; trying the previous checkpoint", e)
                 continue
             return meta_bytes, blob, name
         raise CheckpointError(f"no usable checkpoint in {self.folder}:\n  " + "\n  ".join(problems)
