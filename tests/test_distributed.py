@@ -1,0 +1,86 @@
+"""Data-parallel runs: ``torchrun --nproc_per_node=2 -m mmcl run`` with gloo on the loopback
+address gives the same results as one process with the same global batch, and resumes."""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_resume import assert_same_run, cli_run, fork_run, run_outputs, small_overrides
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_close_nested(a, b, tol):
+    """Equal structure, equal None positions, numbers within tol."""
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (a, b)
+        for x, y in zip(a, b):
+            assert_close_nested(x, y, tol)
+    elif a is None or b is None:
+        assert a is b, (a, b)
+    else:
+        assert abs(a - b) <= tol, (a, b)
+
+
+def torchrun(run_dir, overrides, *args, nproc=2, kill_at=None, timeout=180):
+    launcher = [str(TORCHRUN), "--nnodes=1", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}", "-m", "mmcl"]
+    env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MMCL_DIST_TIMEOUT_S": "60"}
+    if kill_at:
+        env["MMCL_KILL_AT"] = kill_at
+    return cli_run(run_dir, overrides, *args, env_extra=env, timeout=timeout, launcher=launcher)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_gloo_available(),
+                    reason="needs torchrun and the gloo backend")
+def test_two_gloo_processes_match_one_process_and_resume(fake_stamps, tmp_path):
+    root, classes = fake_stamps
+    # Batches of 5 from task 1's 16 training samples: the last batch has one row, so rank 1
+    # runs nothing in that step; other batches split unevenly (3 + 2, with memory 5 + 4).
+    o = small_overrides(root, classes, tmp_path / "cache", **{"train.batch_size": 5})
+    one = fork_run(tmp_path / "one", o)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(tmp_path / "two", o)
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert "2 processes" in two.stderr
+    assert "models differ" not in two.stderr  # the ranks' replicas stayed identical
+
+    r1, l1, t1 = run_outputs(tmp_path / "one")
+    r2, l2, t2 = run_outputs(tmp_path / "two")
+    # Same accuracy matrix, same frozen experts, same usage (counts summed over ranks).
+    assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
+    assert r2["frozen_experts"] == r1["frozen_experts"]
+    assert_close_nested(r2["expert_usage"], r1["expert_usage"], 1e-6)
+    assert r2["memory_size"] == r1["memory_size"]
+    for a, b in zip(l1, l2):  # the loss terms saw the whole batch on every rank
+        assert b["train_losses"] == pytest.approx(a["train_losses"], rel=1e-4, abs=1e-6)
+    # The weights differ only by floating-point summation order.
+    assert t1.keys() == t2.keys()
+    for k in t1:
+        if t1[k].is_floating_point():
+            torch.testing.assert_close(t2[k], t1[k], rtol=1e-3, atol=1e-4, msg=k)
+        else:
+            assert torch.equal(t1[k], t2[k]), k
+    # Only rank 0 wrote: one run folder, no stray temporary files.
+    assert not list((tmp_path / "two").rglob("*.tmp"))
+
+    # SIGKILL rank 0 mid-epoch (torchrun then stops rank 1); the same command resumes, with
+    # the checkpoint read by rank 0 and sent to rank 1, and ends as the uninterrupted run.
+    killed = tmp_path / "two_killed"
+    proc = torchrun(killed, o, kill_at="point=step,task=2,epoch=1,step=2,rank=0")
+    assert proc.returncode != 0
+    assert not (killed / "results.json").exists()
+    proc = torchrun(killed, o)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming" in proc.stderr and "(before task 2)" in proc.stderr
+    assert_same_run(tmp_path / "two", killed)
