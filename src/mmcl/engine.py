@@ -386,6 +386,8 @@ class Experiment:
                 raise CheckpointError(f"{where} does not fit this model: missing {missing[:5]}, "
                                       f"unexpected {extra[:5]}")
             self.model.load_state_dict(model_state, strict=False)
+            for adapter in self.model.adapters:  # the loaded frozen set decides what trains
+                adapter.apply_frozen()
             self.method.load_state(meta["method"], {k[len("method."):]: v for k, v in tensors.items()
                                                     if k.startswith("method.")})
             self.opt = self.sched = None
