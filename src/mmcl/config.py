@@ -1,8 +1,16 @@
 """Typed experiment configuration.
 
 Every number that shapes an experiment is a field here, with a default and a one-line doc
-(``doc(...)`` metadata). Presets (``presets/*.yaml``) override defaults; ``key=value``
-overrides from the command line override presets. Unknown keys and wrong types fail with a
+(``doc(...)`` metadata). Layers, later ones winning:
+
+    built-in defaults (the dataclasses below)
+    <- the method's defaults (``methods/<method.name>.yaml``, when the method has one; e.g.
+       the baselines run without cross-modality adapters: ``model: {adapters: false}``)
+    <- the preset (``presets/*.yaml`` or a YAML file)
+    <- ``key=value`` overrides (command line or Python API)
+
+``method.name`` is resolved first (overrides, else the preset, else the default 'cma') to pick
+the method's YAML. Unknown keys and wrong types fail with a
 message that names the key and suggests the closest valid one.
 
 Defaults marked [C] are our choices where the paper's text is not available
@@ -176,7 +184,14 @@ class EvalConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = doc("registered method ('cma': the paper's method)", "cma")
+    name: str = doc("registered method ('cma': the paper's method; baselines: finetune, joint, er, lwf, ewc, "
+                    "derpp, icarl; `mmcl list`)", "cma")
+    lwf_alpha: float = doc("lwf: weight of the distillation term", 1.0)
+    lwf_T: float = doc("lwf: distillation temperature", 2.0)
+    ewc_lambda: float = doc("ewc: penalty weight lambda in lambda/2 * sum F (theta - theta*)^2", 100.0)
+    ewc_gamma: float = doc("ewc: online-EWC decay of the accumulated Fisher (1: plain sum over tasks)", 1.0)
+    derpp_alpha: float = doc("derpp: weight of the MSE between logits and stored logits (DER term)", 0.1)
+    derpp_beta: float = doc("derpp: weight of the cross-entropy on a second memory batch (++ term)", 0.5)
 
 
 @dataclass
@@ -435,13 +450,38 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
     return nested
 
 
+def method_defaults(name: str) -> dict:
+    """The method's own defaults (``methods/<name>.yaml``; {} when it has none), e.g. the
+    baselines' ``model: {adapters: false}``."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        return {}  # not a method name (validate() reports it)
+    res = resources.files("mmcl.methods") / f"{name}.yaml"
+    if not res.is_file():
+        return {}
+    where = f"method defaults {name}.yaml"
+    try:
+        data = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a YAML mapping of config keys")
+    _check_keys(data, where, check_values=True)
+    return data
+
+
 def build_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults <- preset <- overrides, type-checked. Returns a plain Config dataclass."""
+    """Defaults <- method defaults <- preset <- overrides, type-checked. The method's name is
+    resolved first (overrides, else preset, else the default) so that its YAML can sit
+    between the built-in defaults and the preset. Returns a plain Config dataclass."""
     base = OmegaConf.structured(Config)
-    layers = [base]
+    preset_layer = load_preset(preset) if preset else {}
+    override_layer = parse_overrides(overrides)
+    name = (override_layer.get("method", {}).get("name") or preset_layer.get("method", {}).get("name")
+            or MethodConfig.name)
+    layers = [base, OmegaConf.create(method_defaults(str(name)))]
     if preset:
-        layers.append(OmegaConf.create(load_preset(preset)))
-    layers.append(OmegaConf.create(parse_overrides(overrides)))
+        layers.append(OmegaConf.create(preset_layer))
+    layers.append(OmegaConf.create(override_layer))
     try:
         merged = OmegaConf.merge(*layers)
     except (ValidationError, ConfigKeyError, OmegaConfBaseException) as e:
@@ -486,11 +526,12 @@ _MINIMUM = {
     "memory.batch_size": 1, "train.epochs": 1, "train.batch_size": 1, "train.weight_decay": 0.0,
     "train.grad_clip": 0.0, "eval.batch_size": 1, "scenario.num_tasks": 1, "encoders.image.width": 1,
     "encoders.image.layers": 1, "encoders.text.width": 2, "encoders.text.layers": 1,
-    "encoders.speech.width": 1, "encoders.speech.layers": 1,
+    "encoders.speech.width": 1, "encoders.speech.layers": 1, "method.lwf_alpha": 0.0,
+    "method.ewc_lambda": 0.0, "method.ewc_gamma": 0.0, "method.derpp_alpha": 0.0, "method.derpp_beta": 0.0,
 }
 # key -> value it must exceed
 _ABOVE = {"train.lr": 0.0, "data.max_speech_seconds": 0.0, "loss.distil_T": 0.0, "loss.align_tau": 0.0,
-          "loss.preserve_tau": 0.0}
+          "loss.preserve_tau": 0.0, "method.lwf_T": 0.0}
 
 
 def _did_you_mean(value: str, choices) -> str:

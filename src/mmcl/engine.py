@@ -9,7 +9,8 @@ everything that shapes what comes next:
 - the model's learned tensors (adapters with their expert-usage counters and frozen set,
   projections, fusion, every classifier head), the optimiser state and the scheduler;
 - the method's state: memory with its stored old outputs, expert usage / frozen history, its
-  sampling generator, the old logits of the current task (distil.on_current);
+  sampling generator, the old logits of the current task (distil.on_current); for the
+  baselines, the DER++ reservoir with its logits, EWC's Fisher and anchors, iCaRL's class means;
 - the torch / numpy / python RNG states, the engine's loader generator and, for a checkpoint
   taken inside an epoch, the loader state at that epoch's start (its order is replayed and
   the finished steps skipped);
@@ -232,7 +233,7 @@ class Experiment:
         return opt, sched
 
     def steps_per_epoch(self, t: int) -> int:
-        return math.ceil(len(self.scenario.tasks[t].train) / self.cfg.train.batch_size)
+        return math.ceil(len(self.method.train_indices(t)) / self.cfg.train.batch_size)
 
     def _on_main(self, what: str, fn):
         """Run a file write on rank 0 only; every rank learns whether it worked (a rank that
@@ -445,14 +446,14 @@ class Experiment:
         return {k: v / max(1, p.task_steps) for k, v in p.loss_sums.items()}
 
     def _train_epoch(self, t: int) -> None:
-        cfg, p, task = self.cfg, self.progress, self.scenario.tasks[t]
+        cfg, p = self.cfg, self.progress
         if p.step == 0:
             self.epoch_loader_state = self.loader_generator.get_state()
         else:  # resumed inside this epoch: replay its order, skip the finished steps
             self.loader_generator.set_state(self.epoch_loader_state)
         self.model.train()
         params = self.method.trainable_parameters()
-        batches = list(self.batches(task.train, cfg.train.batch_size, shuffle=True))
+        batches = list(self.batches(self.method.train_indices(t), cfg.train.batch_size, shuffle=True))
         bar = tqdm(batches[p.step:], total=len(batches), initial=p.step,
                    desc=f"task {t + 1}/{len(self.scenario.tasks)} epoch {p.epoch + 1}/{cfg.train.epochs}",
                    disable=not self.show_progress, leave=False)

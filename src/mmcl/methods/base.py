@@ -2,6 +2,8 @@
 a method owns its losses and its memory.
 
     begin_task(t)            before training task t (0-indexed): grow heads, prepare targets
+    train_indices(t)         the sample indices the engine iterates over in task t (default:
+                             task t's training samples; `joint` returns tasks 0..t's)
     training_step(idx)       -> dict of named, already weighted scalar loss terms; the engine
                              sums, checks and back-propagates them. ``idx`` are the sample
                              indices of the current-task batch (the method fetches them, with
@@ -131,8 +133,54 @@ class Method:
         if n_new:
             self.model.classifier.grow(n_new)
 
+    def train_indices(self, t: int) -> Tensor:
+        return self.scenario.tasks[t].train
+
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def balance_term(self, out: Output) -> dict[str, Tensor]:
+        """The adapters' load-balancing term when the model has adapters (baselines run
+        without them by default), else nothing."""
+        if self.model.adapters and self.cfg.adapter.balance_weight:
+            return {"balance": self.cfg.adapter.balance_weight * out.balance}
+        return {}
+
+    def update_balanced_memory(self, memory, t: int) -> None:
+        """Add task t's training samples to a class-balanced (class-IL) or (domain, class)-
+        balanced (domain-IL) RehearsalMemory, herding on z_joint or random per
+        memory.selection, then store the just-trained model's logits and z_joint of the memory."""
+        idx = self.scenario.tasks[t].train
+        labels = self.data.labels[idx]
+        keys = labels.tolist() if self.scenario.kind == "class" else list(zip(self.data.domain_ids[idx].tolist(),
+                                                                              labels.tolist()))
+        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+        groups: dict[tuple, list[int]] = {}
+        for i, k in zip(idx.tolist(), keys):
+            groups.setdefault(k, []).append(i)
+        new_groups = {k: torch.tensor(v) for k, v in groups.items()}
+        features = None
+        if memory.selection == "herding":
+            _, z = self.infer(idx)
+            pos = {int(i): p for p, i in enumerate(idx.tolist())}
+            features = {k: z[[pos[i] for i in v.tolist()]] for k, v in new_groups.items()}
+        memory.update(new_groups, features, self.generator)
+        # The previous model's outputs on the memory, stored now so it never runs again.
+        logits, z = self.infer(memory.indices())
+        memory.set_outputs(logits, z)
+
+    def old_outputs_of_task(self, t: int) -> Tensor | None:
+        """Logits over the classes seen before task t of task t's training samples, computed
+        once with the current (= previous task's) model in eval mode, as a table indexed by
+        sample index (rows of other samples are zero); None at task 0."""
+        old_classes = self.scenario.seen_classes(t - 1) if t > 0 else 0
+        if not old_classes:
+            return None
+        train = self.scenario.tasks[t].train
+        logits, _ = self.infer(train)
+        table = torch.zeros(len(self.data), old_classes)
+        table[train] = logits[:, :old_classes]
+        return table
 
     def end_task(self, t: int) -> None:
         pass

@@ -35,11 +35,7 @@ class CrossModalityAdapters(Method):
         self.current_old_logits = None
         if self.cfg.loss.distil_on_current and t > 0 and old_classes:
             # Old outputs of the current task's data, computed once before any update.
-            train = self.scenario.tasks[t].train
-            logits, _ = self.infer(train)
-            table = torch.zeros(len(self.data), old_classes)
-            table[train] = logits[:, :old_classes]
-            self.current_old_logits = table
+            self.current_old_logits = self.old_outputs_of_task(t)
 
     def end_task(self, t: int) -> None:
         self._freeze_experts(t)
@@ -64,25 +60,7 @@ class CrossModalityAdapters(Method):
             log.info("task %d: frozen experts per block %s", t + 1, frozen)
 
     def _update_memory(self, t: int) -> None:
-        task = self.scenario.tasks[t]
-        idx = task.train
-        labels = self.data.labels[idx]
-        keys = labels.tolist() if self.scenario.kind == "class" else list(zip(self.data.domain_ids[idx].tolist(),
-                                                                              labels.tolist()))
-        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
-        groups: dict[tuple, list[int]] = {}
-        for i, k in zip(idx.tolist(), keys):
-            groups.setdefault(k, []).append(i)
-        new_groups = {k: torch.tensor(v) for k, v in groups.items()}
-        features = None
-        if self.cfg.memory.selection == "herding":
-            _, z = self.infer(idx)
-            pos = {int(i): p for p, i in enumerate(idx.tolist())}
-            features = {k: z[[pos[i] for i in v.tolist()]] for k, v in new_groups.items()}
-        self.memory.update(new_groups, features, self.generator)
-        # The previous model's outputs on the memory, stored now so it never runs again.
-        logits, z = self.infer(self.memory.indices())
-        self.memory.set_outputs(logits, z)
+        self.update_balanced_memory(self.memory, t)
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:

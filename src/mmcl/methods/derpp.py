@@ -1,0 +1,121 @@
+"""Dark Experience Replay++."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmcl import losses
+from mmcl.methods.base import Method
+from mmcl.registry import register_method
+
+
+class ReservoirLogitBuffer:
+    """Reservoir sampling over the stream of training samples (Vitter's algorithm R): holds up
+    to ``size`` sample indices with the logits the model gave them when they were inserted.
+    Logits are stored at the width of the classifier at that time (``widths``); the table is
+    zero-padded when the classifier grows."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.seen = 0                                    # stream samples offered so far
+        self.indices = torch.zeros(0, dtype=torch.long)  # sample index per filled slot
+        self.logits = torch.zeros(0, 0)                  # (filled, C) logits at insertion
+        self.widths = torch.zeros(0, dtype=torch.long)   # classes the stored logits cover
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def add(self, idx: Tensor, logits: Tensor, generator: torch.Generator) -> None:
+        logits = logits.detach().float().cpu()
+        C = max(logits.shape[1], self.logits.shape[1])
+        if self.logits.shape[1] < C:
+            self.logits = F.pad(self.logits, (0, C - self.logits.shape[1]))
+        row = F.pad(logits, (0, C - logits.shape[1]))
+        for i, sample in enumerate(idx.tolist()):
+            if len(self) < self.size:
+                self.indices = torch.cat([self.indices, torch.tensor([sample])])
+                self.logits = torch.cat([self.logits, row[i:i + 1]])
+                self.widths = torch.cat([self.widths, torch.tensor([logits.shape[1]])])
+            else:
+                j = int(torch.randint(0, self.seen + 1, (1,), generator=generator))
+                if j < self.size:
+                    self.indices[j] = sample
+                    self.logits[j] = row[i]
+                    self.widths[j] = logits.shape[1]
+            self.seen += 1
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """Positions of n slots drawn without replacement."""
+        return torch.randperm(len(self), generator=generator)[: min(n, len(self))]
+
+    def state(self) -> tuple[dict, dict[str, Tensor]]:
+        return ({"size": self.size, "seen": self.seen},
+                {"derpp.indices": self.indices, "derpp.logits": self.logits, "derpp.widths": self.widths})
+
+    def load(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        self.size, self.seen = meta["size"], meta["seen"]
+        self.indices, self.logits, self.widths = (tensors["derpp.indices"], tensors["derpp.logits"],
+                                                  tensors["derpp.widths"])
+
+
+def masked_logit_mse(new: Tensor, stored: Tensor, widths: Tensor) -> Tensor:
+    """Mean squared error between logits and stored logits over the classes each stored row
+    covers (a row stored before the classifier grew covers fewer classes)."""
+    C = min(new.shape[1], stored.shape[1])
+    mask = (torch.arange(C, device=new.device)[None, :] < widths.to(new.device)[:, None]).float()
+    diff = (new[:, :C] - stored[:, :C].to(new.device)) ** 2
+    return (diff * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@register_method("derpp")
+class DarkExperienceReplayPP(Method):
+    """DER++: replay with logit matching (MSE to logits stored at insertion) plus cross-entropy on memory samples (Buzzega et al., NeurIPS 2020).
+
+    The memory (memory.size samples) is filled by reservoir sampling over every training
+    sample of the stream, each stored with the logits the model gave it in the step that
+    inserted it (training-mode outputs, as in the paper). Each step, once the memory holds
+    samples (from the second step of the first task on), draws two independent memory
+    batches of memory.batch_size: loss = CE(current) + method.derpp_alpha * MSE(logits,
+    stored logits) on the first + method.derpp_beta * CE on the second. The three parts run
+    as one forward pass; the current batch is then offered to the reservoir.
+    """
+
+    def __init__(self, cfg, model, data, scenario, device):
+        super().__init__(cfg, model, data, scenario, device)
+        self.buffer = ReservoirLogitBuffer(cfg.memory.size)
+
+    def training_step(self, idx: Tensor) -> dict[str, Tensor]:
+        mc = self.cfg.method
+        n, parts = len(idx), [idx]
+        pos_a = pos_b = None
+        if len(self.buffer) > 0:
+            pos_a = self.buffer.sample(self.cfg.memory.batch_size, self.generator)
+            pos_b = self.buffer.sample(self.cfg.memory.batch_size, self.generator)
+            parts += [self.buffer.indices[pos_a], self.buffer.indices[pos_b]]
+        out, target = self.forward_batch(torch.cat(parts))
+        terms = {"cls": losses.classification(out.logits[:n], target[:n])}
+        if pos_a is not None:
+            na = len(pos_a)
+            if mc.derpp_alpha:
+                terms["der"] = mc.derpp_alpha * masked_logit_mse(
+                    out.logits[n:n + na], self.buffer.logits[pos_a], self.buffer.widths[pos_a])
+            if mc.derpp_beta:
+                terms["der_cls"] = mc.derpp_beta * losses.classification(out.logits[n + na:], target[n + na:])
+        if self.buffer.size > 0:
+            self.buffer.add(idx, out.logits[:n], self.generator)
+        return {**terms, **self.balance_term(out)}
+
+    def state(self):
+        meta, tensors = super().state()
+        buf_meta, buf_tensors = self.buffer.state()
+        meta["buffer"] = buf_meta
+        tensors.update(buf_tensors)
+        return meta, tensors
+
+    def load_state(self, meta, tensors):
+        super().load_state(meta, tensors)
+        self.buffer.load(meta["buffer"], tensors)
+
+    def summary(self) -> dict:
+        return {"memory_size": len(self.buffer)}
