@@ -1,4 +1,4 @@
-"""The `mmcl` command: run, prepare, report, list, config."""
+"""The `mmcl` command: run, prepare, report, compare, list, config."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("overrides", nargs="*", metavar="key=value")
     rep = sub.add_parser("report", help="(re)write a run folder's plots and report")
     rep.add_argument("run_dir")
+    cmp_ = sub.add_parser("compare", help="table of several runs: mean ± std over seeds per method/variant",
+                          description="Group finished runs across seeds and print a Markdown table "
+                                      "(acc_last, acc_avg_incremental, forgetting, bwt as mean ± std over "
+                                      "seeds in %, mean training time); also write PREFIX.md and PREFIX.csv. "
+                                      "A folder that is not a run folder stands for its sub-folders. Runs "
+                                      "without results.json are listed as skipped.")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--out", default="comparison", metavar="PATH_PREFIX",
+                      help="write PATH_PREFIX.md and PATH_PREFIX.csv (default: ./comparison)")
+    cmp_.add_argument("--group-by", choices=("name", "method"), default="name",
+                      help="name: run name without its trailing -s<seed> (default; one row per "
+                           "variant); method: the run's method")
     sub.add_parser("list", help="presets, methods, data sets and encoders")
     c = sub.add_parser("config", help="print the resolved config of a preset, or the key reference")
     c.add_argument("preset", nargs="?")
@@ -106,6 +118,18 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from mmcl.report import write_report
         for path in write_report(args.run_dir):
+            print(path)
+        return 0
+    if args.command == "compare":
+        from mmcl.report import compare_runs, format_comparison_markdown, skipped_runs, write_comparison
+        rows = compare_runs(args.run_dirs, group_by=args.group_by)
+        skipped = skipped_runs(args.run_dirs)
+        if not rows:
+            print(format_comparison_markdown(rows, skipped), end="")
+            print("mmcl: error: no finished run (results.json) among the folders given", file=sys.stderr)
+            return 1
+        print(format_comparison_markdown(rows, skipped), end="")
+        for path in write_comparison(rows, args.out, skipped):
             print(path)
         return 0
     cfg = build_config(args.preset, args.overrides)
