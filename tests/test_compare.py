@@ -184,3 +184,15 @@ def test_script_end_to_end_on_the_fixture(fake_stamps, tmp_path, capsys):
     capsys.readouterr()
     assert ct.main(args) == 0
     assert "0 to run, 1 already done" in capsys.readouterr().out
+
+
+def test_script_every_planned_run_has_a_valid_config(tmp_path):
+    from mmcl.config import build_config
+    ct = _script()
+    jobs = ct.plan(ct.PRESETS, list(ct.VARIANTS), [0], tmp_path)
+    for j in jobs:
+        if j.status != "missing":
+            cfg = build_config(j.preset, j.overrides)
+            assert cfg.method.name == j.method and cfg.train.epochs == 1
+            if j.preset == "tuxpaint-dil":
+                assert list(cfg.data.languages) == ["fr", "ru", "es"] and cfg.scenario.num_tasks == 3
