@@ -78,7 +78,9 @@ class DarkExperienceReplayPP(Method):
     samples (from the second step of the first task on), draws two independent memory
     batches of memory.batch_size: loss = CE(current) + method.derpp_alpha * MSE(logits,
     stored logits) on the first + method.derpp_beta * CE on the second. The three parts run
-    as one forward pass; the current batch is then offered to the reservoir.
+    as one forward pass; the current batch is then offered to the reservoir. With the growing
+    class-incremental head, rows stored before a head was added are matched on the classes
+    they cover only (the paper's fixed head also stores the future classes' logits).
     """
 
     def __init__(self, cfg, model, data, scenario, device):
