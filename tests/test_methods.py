@@ -15,6 +15,7 @@ from mmcl.registry import REGISTRIES, load_all
 from test_end_to_end import tiny_overrides
 
 BASELINES = ["finetune", "joint", "er", "lwf", "ewc", "derpp", "icarl"]
+PROMPTS = ["l2p", "dualprompt", "codaprompt"]  # more in test_prompts.py
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_method_runs_two_tasks_end_to_end(method, fake_stamps, cache, tmp_path):
 
 def test_registered_with_a_one_line_description_and_a_yaml():
     load_all()
-    for name in BASELINES:
+    for name in BASELINES + PROMPTS:
         cls = REGISTRIES["method"][name]
         first = cls.__doc__.strip().splitlines()[0].rstrip(".")
         assert first.endswith(")") and "(" in first, f"{name}: no reference in '{first}'"
@@ -212,7 +213,7 @@ def test_state_round_trips_through_a_checkpoint(method, fake_stamps, cache, tmp_
         assert torch.equal(tensors2[k], tensors[k]), k
 
 
-@pytest.mark.parametrize("method", ["lwf", "ewc", "derpp", "icarl"])
+@pytest.mark.parametrize("method", ["lwf", "ewc", "derpp", "icarl", "l2p", "dualprompt", "codaprompt"])
 def test_interrupted_run_resumes_bit_identically(method, fake_stamps, cache, tmp_path, monkeypatch):
     o = small(fake_stamps, cache, tmp_path / "runs", **{"method.name": method, "run.threads": 1})
     cfg = build_config("tuxpaint", o)

@@ -185,13 +185,27 @@ class EvalConfig:
 @dataclass
 class MethodConfig:
     name: str = doc("registered method ('cma': the paper's method; baselines: finetune, joint, er, lwf, ewc, "
-                    "derpp, icarl; `mmcl list`)", "cma")
+                    "derpp, icarl, l2p, dualprompt, codaprompt; `mmcl list`)", "cma")
     lwf_alpha: float = doc("lwf: weight of the distillation term", 1.0)
     lwf_T: float = doc("lwf: distillation temperature", 2.0)
     ewc_lambda: float = doc("ewc: penalty weight lambda in lambda/2 * sum F (theta - theta*)^2", 100.0)
     ewc_gamma: float = doc("ewc: online-EWC decay of the accumulated Fisher (1: plain sum over tasks)", 1.0)
     derpp_alpha: float = doc("derpp: weight of the MSE between logits and stored logits (DER term)", 0.1)
     derpp_beta: float = doc("derpp: weight of the cross-entropy on a second memory batch (++ term)", 0.5)
+    prompt_train_mask: bool = doc("l2p, dualprompt, codaprompt: in class-incremental tasks, train on the current "
+                                  "task's classes only (old-class logits masked), as the three papers do", True)
+    prompt_pull: float = doc("l2p, dualprompt: weight of the key-query matching term sum(1 - cos(query, key))", 0.1)
+    l2p_pool: int = doc("l2p: prompts in each modality's pool (M)", 10)
+    l2p_length: int = doc("l2p: tokens per prompt (L)", 5)
+    l2p_top_k: int = doc("l2p: prompts chosen per sample (N)", 5)
+    dualprompt_g_length: int = doc("dualprompt: tokens of the shared G-prompt", 5)
+    dualprompt_e_length: int = doc("dualprompt: tokens of each task's E-prompt", 20)
+    dualprompt_g_blocks: int = doc("dualprompt: prompted blocks that get the G-prompt (the first ones; the "
+                                   "later ones get E-prompts). Block 1 is cached and never prompted", 1)
+    coda_components: int = doc("codaprompt: prompt components added per task and per modality and block", 10)
+    coda_length: int = doc("codaprompt: tokens per component", 8)
+    coda_ortho: float = doc("codaprompt: weight of the orthogonality penalty (0: Gram-Schmidt initialisation "
+                            "only)", 0.0)
 
 
 @dataclass
@@ -528,6 +542,9 @@ _MINIMUM = {
     "encoders.image.layers": 1, "encoders.text.width": 2, "encoders.text.layers": 1,
     "encoders.speech.width": 1, "encoders.speech.layers": 1, "method.lwf_alpha": 0.0,
     "method.ewc_lambda": 0.0, "method.ewc_gamma": 0.0, "method.derpp_alpha": 0.0, "method.derpp_beta": 0.0,
+    "method.prompt_pull": 0.0, "method.l2p_pool": 1, "method.l2p_length": 1, "method.l2p_top_k": 1,
+    "method.dualprompt_g_length": 1, "method.dualprompt_e_length": 1, "method.dualprompt_g_blocks": 0,
+    "method.coda_components": 1, "method.coda_length": 1, "method.coda_ortho": 0.0,
 }
 # key -> value it must exceed
 _ABOVE = {"train.lr": 0.0, "data.max_speech_seconds": 0.0, "loss.distil_T": 0.0, "loss.align_tau": 0.0,

@@ -35,6 +35,10 @@ class BlockEncoder(nn.Module):
 
     modality: str = ""
     input_keys: tuple[str, ...] = ()
+    # How prompt methods (l2p, dualprompt, codaprompt) insert prompts into a block's input:
+    # "prepend" tokens to the sequence (transformers, recurrent encoders) or "add" them to every
+    # token (convolutional encoders, whose token grid cannot grow). See mmcl.model.prompts.
+    prompt_mode: str = "prepend"
 
     def __init__(self, num_blocks: int):
         super().__init__()

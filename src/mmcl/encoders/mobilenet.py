@@ -86,6 +86,7 @@ class MobileNetV2Encoder(BlockEncoder):
     """MobileNetV2 (ImageNet-1k, 1280-d), tokens = spatial grid positions (B, H*W, C)."""
 
     modality = "image"
+    prompt_mode = "add"  # a spatial grid: prompts shift the channels instead of adding tokens
     input_keys = ("image",)
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):

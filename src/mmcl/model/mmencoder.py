@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mmcl.encoders.base import BlockEncoder, masked_mean
 from mmcl.model.adapter import CrossModalityAdapter
+from mmcl.model.prompts import inject, strip
 
 
 def mlp(d_in: int, hidden: int, d_out: int, input_norm: bool = True) -> nn.Sequential:
@@ -77,6 +78,7 @@ class MMModel(nn.Module):
                                    for m in self.modalities})
         self.fusion = mlp(len(self.modalities) * mc.dim_z, mc.head_hidden, mc.dim_z, mc.input_norm)
         self.classifier = GrowingClassifier(mc.dim_z)
+        self.prompter: nn.Module | None = None  # set by the prompt methods (mmcl.model.prompts)
 
     def learned_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen encoders (re-loaded from their source on resume)."""
@@ -118,14 +120,26 @@ class MMModel(nn.Module):
                 tokens[m], masks[m] = x["tokens"], x.get("mask")
             else:
                 tokens[m], masks[m] = self.encoders[m].prefix(x)
+        prompts = self.prompter(batch) if self.prompter is not None else {}
+        persist = bool(getattr(self.prompter, "persist", False))
+        carried = dict.fromkeys(self.modalities, 0)  # prompt tokens leading the sequence
         routing = []
         for b in range(self.num_blocks):
             if b > 0:
                 for m in self.modalities:
-                    tokens[m], masks[m] = self.encoders[m].forward_block(b, tokens[m], masks[m])
+                    p = prompts.get(m, {}).get(b)
+                    if p is None and not carried[m]:
+                        tokens[m], masks[m] = self.encoders[m].forward_block(b, tokens[m], masks[m])
+                    else:
+                        tokens[m], masks[m], carried[m] = inject(self.encoders[m], b, p, tokens[m], masks[m],
+                                                                 carried[m], persist)
             if self.adapters:
+                if any(carried.values()):
+                    raise ValueError("persistent prompts and cross-modality adapters cannot be combined")
                 tokens, r = self.adapters[b](tokens, masks)
                 routing.append(r)
+        for m in self.modalities:
+            tokens[m], masks[m] = strip(tokens[m], masks[m], carried[m])
         return tokens, masks, routing
 
     def forward(self, batch: dict) -> Output:
