@@ -254,3 +254,65 @@ def test_real_minilm_blockwise_equals_model_forward():
         got, _ = enc(inputs)
         want = enc.model(input_ids=inputs["text_ids"], attention_mask=mask.long()).last_hidden_state
     torch.testing.assert_close(got[mask], want[mask], rtol=1e-4, atol=1e-4)
+
+
+# -- ViT and AST (the paper's encoders), tiny random configs saved and loaded from a folder ----
+def test_vit_from_a_folder_blockwise_equals_model_forward(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    torch.manual_seed(2)
+    model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                               image_size=32, patch_size=8), add_pooling_layer=False).eval()
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4]).save_pretrained(tmp_path)
+    cfg = make_cfg(**{"encoders.image.kind": "vit", "encoders.image.source": str(tmp_path), "model.blocks": 2})
+    enc = build_encoder("image", cfg)
+    assert enc.dims == [32, 32] and enc.image_size == 32 and enc.mean == (0.4, 0.5, 0.6)
+    inputs = enc.preprocess(raw_batch("image"))
+    assert inputs["pixels"].shape == (3, 3, 32, 32) and inputs["pixels"].dtype == torch.uint8
+    px = (inputs["pixels"].float() / 255 - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = model(pixel_values=px).last_hidden_state
+        got, mask = enc(inputs)
+    assert mask is None and got.shape == (3, 1 + 16, 32)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_ast_from_a_folder_blockwise_equals_model_forward(tmp_path):
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+    torch.manual_seed(3)
+    model = ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               max_length=64, num_mel_bins=128)).eval()
+    model.save_pretrained(tmp_path)
+    ASTFeatureExtractor(max_length=64).save_pretrained(tmp_path)
+    cfg = make_cfg(**{"encoders.speech.kind": "ast", "encoders.speech.source": str(tmp_path), "model.blocks": 2})
+    enc = build_encoder("speech", cfg)
+    inputs = enc.preprocess(raw_batch("speech"))
+    assert inputs["fbank"].shape == (3, 64, 128)  # padded / cut to the model's max_length
+    assert not torch.equal(inputs["fbank"][0], inputs["fbank"][1])
+    with torch.no_grad():
+        want = model(input_values=inputs["fbank"]).last_hidden_state
+        got, _ = enc(inputs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_and_ast_hub_ids_are_not_downloaded_unless_asked(monkeypatch):
+    monkeypatch.delenv("MMCL_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for modality, kind, source in (("image", "vit", "google/vit-base-patch16-224-in21k"),
+                                   ("speech", "ast", "MIT/ast-finetuned-speech-commands-v2")):
+        cfg = make_cfg(**{f"encoders.{modality}.kind": kind, f"encoders.{modality}.source": source})
+        with pytest.raises(ValueError, match=f"'{source}' is not in the local Hugging Face cache.*MMCL_DOWNLOAD=1"):
+            build_encoder(modality, cfg)
+
+
+@pytest.mark.parametrize("modality,kind", [("image", "vit"), ("speech", "ast")])
+def test_vit_ast_random_configs_run_block_wise(modality, kind):
+    cfg = make_cfg(**{f"encoders.{modality}.kind": kind, f"encoders.{modality}.source": "random",
+                      f"encoders.{modality}.width": 64, f"encoders.{modality}.layers": 3,
+                      "data.image_size": 32, "data.max_speech_seconds": 0.4, "model.blocks": 3})
+    enc = build_encoder(modality, cfg)
+    outs = run_chain(enc, enc.preprocess(raw_batch(modality)))
+    assert len(outs) == 3 and all(t.shape[0] == 3 and t.shape[-1] == 64 for t, _ in outs)
+    assert enc.prompt_mode == "prepend"

@@ -73,7 +73,7 @@ class RunConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = doc("registered encoder: mobilenetv2, ge2e, hf_text", "")
+    kind: str = doc("registered encoder: mobilenetv2, vit (image); hf_text (text); ge2e, ast (speech)", "")
     source: str = doc(
         "where weights come from: 'package' (weights shipped in a pip package), a local "
         "folder or file, a Hugging Face id (hf_text; read from the local Hugging Face cache, "

@@ -1,13 +1,13 @@
 """Frozen pre-trained encoders, one per modality, all behind the block-wise BlockEncoder interface.
 
-Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text).
+Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text, vit, ast).
 """
 from __future__ import annotations
 
 import difflib
 
 from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
-from mmcl.encoders import ge2e, hf_text, mobilenet  # noqa: F401 - registers the encoders
+from mmcl.encoders import ge2e, hf_text, hf_vision, mobilenet  # noqa: F401 - registers the encoders
 from mmcl.encoders.audio import speech_features
 from mmcl.registry import REGISTRIES
 

