@@ -91,11 +91,16 @@ class EncodersConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = doc("registered data set", "tuxpaint")
+    dataset: str = doc("registered data set: tuxpaint, manifest (your own data; `mmcl list`)", "tuxpaint")
+    manifest: str = doc("manifest data set: the CSV / JSONL file, one row per sample (columns label, one per "
+                        "modality, optional domain / split / group; see the README)", "")
+    domains: list[str] = doc("manifest data set: domains used (empty: all, in order of appearance)", factory=list)
+    on_missing: str = doc("manifest data set: a row whose file is missing: 'fail' (stop, naming file and row) "
+                          "or 'skip' (leave the row out and report the count)", "fail")
     root: str = doc("data set root ($MMCL_TUXPAINT_ROOT for tuxpaint)", factory=_default_stamps_root)
     cache_dir: str = doc("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
     modalities: list[str] = doc("modalities used, in order", factory=lambda: ["image", "text", "speech"])
-    classes: list[str] = doc("class names (tuxpaint: stamp folders)", factory=lambda: list(TUXPAINT_CLASSES))
+    classes: list[str] = doc("class names (tuxpaint: stamp folders; manifest: empty = every label)", factory=lambda: list(TUXPAINT_CLASSES))
     languages: list[str] = doc("languages (tuxpaint: one sample per stamp and language)",
                                factory=lambda: list(TUXPAINT_LANGUAGES))
     split: list[float] = doc("train / val / test fractions, split by stamp with the seed", factory=lambda: [0.7, 0.1, 0.2])
@@ -522,6 +527,7 @@ _CHOICES = {
     "train.precision": ("fp32", "bf16"),
     "model.pool": ("mean",),
     "run.progress": ("auto", "always", "never"),
+    "data.on_missing": ("fail", "skip"),
 }
 
 
@@ -603,8 +609,9 @@ def validate(cfg: Config) -> None:
         if not v > low:
             raise ConfigError(f"config key '{key}' must be greater than {low}, got {v}")
     _check_names("data.modalities", cfg.data.modalities, ("image", "text", "speech"))
-    _check_names("data.classes", cfg.data.classes)
-    _check_names("data.languages", cfg.data.languages)
+    if cfg.data.dataset == "tuxpaint":  # a manifest takes its classes / domains from its rows
+        _check_names("data.classes", cfg.data.classes)
+        _check_names("data.languages", cfg.data.languages)
     if not 0.0 <= cfg.freeze.threshold <= 1.0:
         raise ConfigError(f"config key 'freeze.threshold' is a share of routings between 0 and 1, "
                           f"got {cfg.freeze.threshold}")

@@ -39,23 +39,26 @@ MISSING_HINT = ("Restore it (`sudo apt-get install --reinstall tuxpaint-stamps-d
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def file_problem(path: str, kind: str, error: BaseException) -> DataError:
+def file_problem(path: str, kind: str, error: BaseException, hints: tuple[str, str] | None = None) -> DataError:
     """A DataError for a file that could not be read: missing (or a broken link), empty,
-    unreadable or corrupt, each with what to do."""
+    unreadable or corrupt, each with what to do (``hints``: (missing, corrupt) advice; default
+    the Tux Paint ones)."""
+    missing_hint, corrupt_hint = hints or (MISSING_HINT, REINSTALL_HINT)
     if not os.path.exists(path):
         link = f" (a broken symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
-        return DataError(f"{kind} file {path} is missing{link}. {MISSING_HINT}")
+        return DataError(f"{kind} file {path} is missing{link}. {missing_hint}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return DataError(f"{kind} file {path} is empty (0 bytes). {REINSTALL_HINT}")
+        return DataError(f"{kind} file {path} is empty (0 bytes). {corrupt_hint}")
     if not os.access(path, os.R_OK):
         return DataError(f"cannot read {kind} file {path}: permission denied. Make it readable "
                          "(chmod a+r), or copy the stamps to a folder you can read and set data.root.")
-    return DataError(f"cannot decode {kind} {path}: {error}. {REINSTALL_HINT}")
+    return DataError(f"cannot decode {kind} {path}: {error}. {corrupt_hint}")
 
 
 # -- decoding (module-level functions: picklable for a process pool, patchable in tests) -------
-def decode_png(path: str) -> np.ndarray:
-    """PNG -> HxWx3 uint8 RGB, transparency composited on white (stamps are drawn on paper)."""
+def decode_png(path: str, hints: tuple[str, str] | None = None) -> np.ndarray:
+    """PNG (any format Pillow reads) -> HxWx3 uint8 RGB, transparency composited on white
+    (stamps are drawn on paper)."""
     from PIL import Image
     try:
         with Image.open(path) as im:
@@ -64,11 +67,12 @@ def decode_png(path: str) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         rgb = Image.alpha_composite(white, rgba).convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
-        raise file_problem(path, "image", e) from e
+        raise file_problem(path, "image", e, hints) from e
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
-def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0) -> np.ndarray:
+def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0,
+               hints: tuple[str, str] | None = None) -> np.ndarray:
     """Audio file -> mono float32 waveform at sample_rate, cut to max_seconds (0: no cut)."""
     import av
     limit = int(round(max_seconds * sample_rate)) if max_seconds > 0 else None
@@ -89,12 +93,13 @@ def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0) -> np.ndar
                 for out in resampler.resample(None):  # flush the resampler's tail
                     pieces.append(out.to_ndarray().reshape(-1))
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
-        raise file_problem(path, "audio", e) from e
+        raise file_problem(path, "audio", e, hints) from e
+    corrupt_hint = (hints or (MISSING_HINT, REINSTALL_HINT))[1]
     wave = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     if wave.size == 0:
-        raise DataError(f"audio file {path} is empty: it decodes to no samples. {REINSTALL_HINT}")
+        raise DataError(f"audio file {path} is empty: it decodes to no samples. {corrupt_hint}")
     if not np.isfinite(wave).all():
-        raise DataError(f"audio file {path} decodes to non-finite samples (NaN or inf). {REINSTALL_HINT}")
+        raise DataError(f"audio file {path} decodes to non-finite samples (NaN or inf). {corrupt_hint}")
     return wave[:limit] if limit is not None else wave
 
 
