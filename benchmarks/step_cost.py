@@ -130,7 +130,7 @@ def build(scale: str, overrides: dict, device, n_tasks: int = 2, n_classes: int 
     encoders, raw = synthetic_encoders(scale, blocks)
     cfg = build_config("tuxpaint", {"data.modalities": ["image", "speech"], "model.blocks": blocks,
                                     "scenario.num_tasks": n_tasks, "run.device": device.type, **overrides})
-    data = synthetic_data(encoders, max(8, (cfg.train.batch_size + cfg.memory.batch_size) // 2), n_classes, raw)
+    data = synthetic_data(encoders, max(4, cfg.train.batch_size), n_classes, raw)
     splits = data.split(cfg.run.seed, cfg.data.split)
     scenario = build_scenario(cfg, data.labels, data.domain_ids, splits, data.classes, data.domains)
     torch.manual_seed(cfg.run.seed)
@@ -186,14 +186,14 @@ def floor_step(model, batch, biases):
 
 
 def measure(scale: str, args, device) -> dict:
-    overrides = {}
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     if scale != "tuxpaint":
-        overrides = {"train.batch_size": args.batch, "memory.batch_size": args.batch, "memory.size": 16}
+        overrides.update({"train.batch_size": args.batch, "memory.batch_size": args.batch, "memory.size": 16})
     if args.precision == "bf16":
         overrides["train.precision"] = "bf16"
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else torch.autocast(device_type=device.type, enabled=False))
-    out = {"scale": scale, "precision": args.precision, "device": str(device)}
+    out = {"scale": scale, "precision": args.precision, "device": str(device), "overrides": args.set}
     for dense in (False, True):
         cfg, model, data, scenario, method, raw = build(scale, {**overrides, "adapter.dense": dense}, device)
         at_task_two(method)
@@ -312,6 +312,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4, help="current (and memory) rows at the synthetic scales")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every scale, e.g. adapter.dim=64")
     ap.add_argument("--stream", action="store_true", help="only the 10-task synthetic stream")
     ap.add_argument("--stream-steps", type=int, default=20)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "step_cost.json"))

@@ -65,6 +65,42 @@ def test_only_chosen_experts_run():
     assert any(not torch.isfinite(out[m]).all() for m in WIDTHS)
 
 
+def naive_experts(a, x, ctx, cmask, idx, w):
+    """Reference: every (sample, slot) through its expert, one at a time."""
+    import math
+    out = torch.zeros_like(x)
+    d = x.shape[-1]
+    for i in range(x.shape[0]):
+        for s in range(idx.shape[1]):
+            ex = a.experts[int(idx[i, s])]
+            if a.expert_kind == "cross_attention":
+                att = (x[i] @ ex.q) @ (ctx[i] @ ex.k).t() / math.sqrt(d)
+                if cmask is not None:
+                    att = att.masked_fill(~cmask[i][None, :], float("-inf"))
+                y = att.softmax(-1) @ (ctx[i] @ ex.v)
+            else:
+                valid = ctx[i] if cmask is None else ctx[i][cmask[i]]
+                cp = valid.mean(0)
+                chan = torch.sigmoid(torch.cat([x[i].mean(0), cp]) @ ex.c)
+                tok = torch.sigmoid((x[i] @ ex.t) @ cp[:, None] / math.sqrt(d))
+                y = chan[None, :] * tok * x[i]
+            out[i] += w[i, s] * y
+    return out
+
+
+def test_grouped_dispatch_equals_running_each_sample_through_its_experts():
+    g = torch.Generator().manual_seed(5)
+    for kind in ("cross_attention", "channel_token_map"):
+        a = adapter(expert=kind)
+        x, ctx = torch.randn(7, 6, 8, generator=g), torch.randn(7, 5, 8, generator=g)
+        cmask = torch.ones(7, 5, dtype=torch.bool)
+        cmask[2, 3:] = False
+        idx = torch.tensor([[3, 1], [1, 3], [0, 9], [9, 9], [4, 2], [2, 4], [3, 0]])
+        w = torch.rand(7, 2, generator=g)
+        got = a._run_experts(x, ctx, cmask, idx, w)
+        torch.testing.assert_close(got, naive_experts(a, x, ctx, cmask, idx, w), rtol=1e-5, atol=1e-5)
+
+
 def test_dense_computes_every_expert():
     a = adapter(dense=True)
     perturb(a)

@@ -7,8 +7,9 @@ For modality k at block b (docs/METHOD.md section 2):
   h_k <- h_k + up_k( sum_{chosen e} g_k^e expert_e(x_k, c_k) )        up_k starts at zero
 
 Experts are shared by the modalities of a block; projections and gates are per modality.
-Only the chosen experts are computed: each (sample, slot) pair gathers its expert's weights
-and all pairs run as one batched matrix product (no loop over experts, no dense mask).
+Only the chosen experts are computed: the (sample, slot) pairs are grouped by expert and each
+chosen expert runs once over its samples (one matrix product per weight; no dense mask, no
+per-sample copy of expert weights).
 """
 from __future__ import annotations
 
@@ -177,34 +178,53 @@ class CrossModalityAdapter(nn.Module):
         return idx, w, importance, load
 
     # -- experts --------------------------------------------------------------------------------
-    def _stacked(self, name: str) -> Tensor:
-        return torch.stack([getattr(e, name) for e in self.experts])
-
     def _run_experts(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, idx: Tensor, w: Tensor) -> Tensor:
-        """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d)."""
+        """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d).
+
+        The (sample, slot) pairs are grouped by expert; each chosen expert runs once on all of
+        its samples (one matrix product per weight over n_e x N rows), experts nobody chose
+        are not computed, and the results are scattered back to their (sample, slot)."""
         B, N, d = x.shape
         k = idx.shape[1]
         flat = idx.reshape(-1)                                   # (B*k,) chosen expert per slot
-        xs = x.repeat_interleave(k, dim=0)                       # (B*k, N, d)
-        cs = ctx.repeat_interleave(k, dim=0)
-        if self.expert_kind == "cross_attention":
-            q = torch.bmm(xs, self._stacked("q").index_select(0, flat))
-            kk = torch.bmm(cs, self._stacked("k").index_select(0, flat))
-            v = torch.bmm(cs, self._stacked("v").index_select(0, flat))
-            att = torch.bmm(q, kk.transpose(1, 2)) / math.sqrt(d)          # (B*k, N, M)
-            if ctx_mask is not None:
-                att = att.masked_fill(~ctx_mask.repeat_interleave(k, dim=0)[:, None, :], float("-inf"))
-            out = torch.bmm(att.softmax(-1), v)
-        else:  # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
-            cpool = masked_mean(cs, None if ctx_mask is None else ctx_mask.repeat_interleave(k, dim=0))
-            xpool = xs.mean(1)
-            chan = torch.sigmoid(torch.bmm(torch.cat([xpool, cpool], -1)[:, None, :],
-                                           self._stacked("c").index_select(0, flat)))    # (B*k,1,d)
-            tok = torch.sigmoid(torch.bmm(torch.bmm(xs, self._stacked("t").index_select(0, flat)),
-                                          cpool[:, :, None]) / math.sqrt(d))             # (B*k,N,1)
-            out = chan * tok * xs
+        order = torch.argsort(flat, stable=True)
+        sample = torch.div(order, k, rounding_mode="floor")      # sample of each sorted slot
+        sizes = torch.bincount(flat, minlength=self.num_experts).tolist()
+        cmask_all = None if ctx_mask is None else ctx_mask
+        parts, start = [], 0
+        for e, n in enumerate(sizes):
+            if n == 0:
+                continue
+            rows = sample[start:start + n]
+            start += n
+            parts.append(self._expert(e, x.index_select(0, rows), ctx.index_select(0, rows),
+                                      None if cmask_all is None else cmask_all.index_select(0, rows)))
+        sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)   # back to (sample, slot)
         out = out * w.reshape(-1, 1, 1).to(out.dtype)
         return out.view(B, k, N, d).sum(1)
+
+    def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None) -> Tensor:
+        """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d)."""
+        ex, d = self.experts[e], x.shape[-1]
+        if self.expert_kind == "cross_attention":
+            kk = ctx @ ex.k                                                  # (n, M, d)
+            if x.shape[1] > ctx.shape[1]:
+                # (x Wq) kk^T = x (kk Wq^T)^T: with fewer context tokens M than tokens N this
+                # costs M d^2 instead of N d^2 (exact up to rounding).
+                att = torch.bmm(x, (kk @ ex.q.t()).transpose(1, 2))
+            else:
+                att = torch.bmm(x @ ex.q, kk.transpose(1, 2))
+            att = att / math.sqrt(d)                                         # (n, N, M)
+            v = ctx @ ex.v
+            if ctx_mask is not None:
+                att = att.masked_fill(~ctx_mask[:, None, :], float("-inf"))
+            return torch.bmm(att.softmax(-1), v)
+        # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
+        cpool = masked_mean(ctx, ctx_mask)                                   # (n, d)
+        chan = torch.sigmoid(torch.cat([x.mean(1), cpool], -1) @ ex.c)       # (n, d)
+        tok = torch.sigmoid(torch.bmm(x @ ex.t, cpool[:, :, None]) / math.sqrt(d))  # (n, N, 1)
+        return chan[:, None, :] * tok * x
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None]
                 ) -> tuple[dict[str, Tensor], Routing]:
