@@ -12,7 +12,7 @@ skipped. At the end ``mmcl compare``'s table (mean ± std over seeds) is written
 ``benchmarks/results/compare_tuxpaint.{md,csv}``.
 
 By default every run uses the same smaller variant of the presets (``QUICK`` below: 1 epoch per
-task, at most 10 stamps per class, 3 languages for tuxpaint-dil), so that the ~96 runs fit about
+task, at most 10 stamps per class, 3 languages for tuxpaint-dil), so that the ~114 runs fit about
 90 minutes on a 2-core CPU; ``--full`` uses the presets as they are (~10 hours there).
 """
 from __future__ import annotations
