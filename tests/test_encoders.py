@@ -316,3 +316,22 @@ def test_vit_ast_random_configs_run_block_wise(modality, kind):
     outs = run_chain(enc, enc.preprocess(raw_batch(modality)))
     assert len(outs) == 3 and all(t.shape[0] == 3 and t.shape[-1] == 64 for t, _ in outs)
     assert enc.prompt_mode == "prepend"
+
+
+def test_hf_text_takes_xlm_roberta_from_a_folder(tmp_path):
+    """The multilingual encoder family the SAMSEMO setting needs (XLM-R) goes through hf_text."""
+    from transformers import BertTokenizer, XLMRobertaConfig, XLMRobertaModel
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
+    torch.manual_seed(4)
+    model = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(vocab) + 2, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64, pad_token_id=0,
+                                             max_position_embeddings=64), add_pooling_layer=False).eval()
+    model.save_pretrained(tmp_path)
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(tmp_path)
+    enc = build_encoder("text", make_cfg(**{"encoders.text.source": str(tmp_path), "model.blocks": 2}))
+    inputs = enc.preprocess(["hola mundo", "ein etwas laengerer satz mit polsterung", "z"])
+    mask = inputs["text_mask"]
+    with torch.no_grad():
+        want = model(input_ids=inputs["text_ids"], attention_mask=mask.long()).last_hidden_state
+        got, _ = enc(inputs)
+    torch.testing.assert_close(got[mask], want[mask], rtol=1e-5, atol=1e-5)

@@ -117,7 +117,7 @@ def _revision(model, source: str) -> str:
 
 @register_encoder("hf_text")
 class HFTextEncoder(BlockEncoder):
-    """BERT-family transformers text model (default all-MiniLM-L6-v2); tokens = word pieces."""
+    """BERT-family transformers text model, XLM-RoBERTa included (default all-MiniLM-L6-v2); tokens = word pieces."""
 
     modality = "text"
     input_keys = ("text_ids", "text_mask")
