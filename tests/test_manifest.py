@@ -119,3 +119,18 @@ def test_manifest_errors_name_row_and_file(tmp_path):
         Experiment(build_config("manifest", overrides(bad, tmp_path)))
     with pytest.raises(DataError, match="does not exist"):
         Experiment(build_config("manifest", overrides(tmp_path / "nope.csv", tmp_path)))
+
+
+def test_mmcl_prepare_caches_a_manifest_and_the_run_reuses_it(tmp_path, capsys):
+    from mmcl.cli import main
+    rows = write_tree(tmp_path / "data", n_per_class=4, domains=("a",))
+    manifest = write_csv(tmp_path / "data" / "s.csv", rows)
+    o = overrides(manifest, tmp_path)
+    assert main(["prepare", "manifest", *[f"{k}={json.dumps(v)}" for k, v in o.items()]]) == 0
+    cached = list((tmp_path / "cache" / "manifest").glob("*/prefix_*.safetensors"))
+    assert sorted(p.name for p in cached) == ["prefix_image.safetensors", "prefix_speech.safetensors",
+                                              "prefix_text.safetensors"]
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    exp = Experiment(build_config("manifest", o))
+    assert len(exp.data) == len(rows)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing prepared again
