@@ -84,3 +84,26 @@ def test_two_gloo_processes_match_one_process_and_resume(fake_stamps, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming" in proc.stderr and "(before task 2)" in proc.stderr
     assert_same_run(tmp_path / "two", killed)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_gloo_available(),
+                    reason="needs torchrun and the gloo backend")
+def test_prompt_method_in_two_processes_matches_one(fake_stamps, tmp_path):
+    """L2P's prompts and its key term (computed on the whole batch by every rank, scaled by
+    1 / world size) give the one-process result."""
+    root, classes = fake_stamps
+    o = small_overrides(root, classes, tmp_path / "cache", **{"train.batch_size": 5, "method.name": "l2p"})
+    one = fork_run(tmp_path / "one", o)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(tmp_path / "two", o)
+    assert two.returncode == 0, two.stderr[-4000:]
+    r1, l1, t1 = run_outputs(tmp_path / "one")
+    r2, l2, t2 = run_outputs(tmp_path / "two")
+    assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
+    for a, b in zip(l1, l2):
+        assert set(a["train_losses"]) == {"cls", "key"}
+        assert b["train_losses"] == pytest.approx(a["train_losses"], rel=1e-4, abs=1e-6)
+    assert any(k.startswith("model.prompter.") for k in t1)
+    for k in t1:
+        if t1[k].is_floating_point():
+            torch.testing.assert_close(t2[k], t1[k], rtol=1e-3, atol=1e-4, msg=k)

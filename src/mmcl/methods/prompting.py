@@ -104,8 +104,10 @@ class PromptMethod(Method):
         pull = self.key_loss(self.queries({"index": idx}))
         if pull is not None:
             # Computed on the whole batch by every rank of a data-parallel run, whose gradients
-            # are summed: scaled so the sum is the one-process gradient.
-            terms["key"] = pull / self.dist.world_size
+            # are summed: its gradient is scaled so the sum is the one-process gradient, its
+            # value (logged) is the one-process value.
+            w = self.dist.world_size
+            terms["key"] = pull if w == 1 else pull / w + (pull - pull / w).detach()
         return terms
 
     def load_state(self, meta, tensors):
