@@ -102,6 +102,21 @@ def _load_hub(source: str, what: str, processor: str = "AutoTokenizer", key: str
     return model.eval(), tokenizer, f"hub:{source}@{_revision(model, source)}"
 
 
+def load_source(source: str, what: str, processor: str = "AutoTokenizer", key: str = "encoders.text.source"):
+    """(model, processor, cache stamp) from a save_pretrained folder or a Hugging Face id."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return _load_folder(folder, what, processor)
+    if folder.exists():
+        raise ValueError(f"{what}: {folder} is a file; pass the folder written by "
+                         "save_pretrained (config.json, weights, tokenizer or processor files)")
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        package = ", 'package'" if key == "encoders.text.source" else ""
+        raise ValueError(f"{what}: folder {folder} does not exist (pass a folder written by "
+                         f"save_pretrained, a Hugging Face id{package} or 'random')")
+    return _load_hub(source, what, processor, key)
+
+
 def _revision(model, source: str) -> str:
     """The cached snapshot's commit (the cache key changes when the model is updated)."""
     revision = getattr(model.config, "_commit_hash", None)
@@ -143,18 +158,8 @@ class HFTextEncoder(BlockEncoder):
     def _load(source: str):
         what = f"text encoder hf_text (source='{source}')"
         if source == "package":
-            folder = package_file(*PACKAGE_FOLDER, PIP_SPEC, what)
-        else:
-            folder = Path(source).expanduser()
-        if folder.is_dir():
-            return _load_folder(folder, what)
-        if folder.exists():
-            raise ValueError(f"{what}: {folder} is a file; pass the folder written by "
-                             "save_pretrained (config.json, weights, tokenizer files)")
-        if source.startswith((".", "/", "~")) or source.count("/") > 1:
-            raise ValueError(f"{what}: folder {folder} does not exist (pass a folder written by "
-                             "save_pretrained, a Hugging Face id, 'package' or 'random')")
-        return _load_hub(source, what)
+            return _load_folder(package_file(*PACKAGE_FOLDER, PIP_SPEC, what), what)
+        return load_source(source, what)
 
     # ------------------------------------------------------------------------------------------
     def _run(self, b: int, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -15,24 +15,12 @@ that was not fine-tuned on AudioSet for AVE (e.g. ``MIT/ast-finetuned-speech-com
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from mmcl.encoders.base import BlockEncoder, split_layers
-from mmcl.encoders.hf_text import _load_folder, _load_hub, find_layers
+from mmcl.encoders.hf_text import find_layers, load_source
 from mmcl.registry import register_encoder
-
-
-def _load(source: str, what: str, processor: str, key: str):
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        return _load_folder(folder, what, processor)
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ValueError(f"{what}: folder {folder} does not exist (pass a folder written by "
-                         "save_pretrained, a Hugging Face id or 'random')")
-    return _load_hub(source, what, processor, key)
 
 
 class HFTransformerBlocks(BlockEncoder):
@@ -80,7 +68,7 @@ class ViTEncoder(HFTransformerBlocks):
             self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
             self._stamp = f"random:w{w}:l{enc_cfg.layers}"
         else:
-            model, proc, self._stamp = _load(self.source, f"image encoder vit (source='{self.source}')",
+            model, proc, self._stamp = load_source(self.source, f"image encoder vit (source='{self.source}')",
                                              "AutoImageProcessor", "encoders.image.source")
             self.mean = tuple(getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5))
             self.std = tuple(getattr(proc, "image_std", None) or (0.5, 0.5, 0.5))
@@ -131,7 +119,7 @@ class ASTEncoder(HFTransformerBlocks):
             self.extractor = ASTFeatureExtractor(sampling_rate=self.sample_rate, max_length=frames)
             self._stamp = f"random:w{w}:l{enc_cfg.layers}:f{frames}"
         else:
-            model, self.extractor, self._stamp = _load(
+            model, self.extractor, self._stamp = load_source(
                 self.source, f"speech encoder ast (source='{self.source}')", "AutoFeatureExtractor",
                 "encoders.speech.source")
         self._setup(model, num_blocks, "ast")

@@ -27,9 +27,8 @@ class PromptMethod(Method):
             raise ValueError(f"method.name={cfg.method.name} inserts prompts into the frozen encoders and runs "
                              "without cross-modality adapters: set model.adapters=false")
         self.num_tasks = len(scenario.tasks)
-        with torch.random.fork_rng(devices=[]):  # prompt initialisation does not move the global RNG
-            torch.manual_seed(cfg.run.seed + 104729)
-            model.prompter = self.make_prompter().to(device)
+        # Prompters draw their initial values from their own generators (seeded by run.seed).
+        model.prompter = self.make_prompter().to(device)
         model.prompter.query = self.queries
         self._table: dict[str, Tensor] | None = None
 

@@ -190,7 +190,6 @@ class CrossModalityAdapter(nn.Module):
         order = torch.argsort(flat, stable=True)
         sample = torch.div(order, k, rounding_mode="floor")      # sample of each sorted slot
         sizes = torch.bincount(flat, minlength=self.num_experts).tolist()
-        cmask_all = None if ctx_mask is None else ctx_mask
         parts, start = [], 0
         for e, n in enumerate(sizes):
             if n == 0:
@@ -198,7 +197,7 @@ class CrossModalityAdapter(nn.Module):
             rows = sample[start:start + n]
             start += n
             parts.append(self._expert(e, x.index_select(0, rows), ctx.index_select(0, rows),
-                                      None if cmask_all is None else cmask_all.index_select(0, rows)))
+                                      None if ctx_mask is None else ctx_mask.index_select(0, rows)))
         sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
         out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)   # back to (sample, slot)
         out = out * w.reshape(-1, 1, 1).to(out.dtype)

@@ -92,7 +92,7 @@ def orthogonal_rows(new: Tensor, old: Tensor) -> Tensor:
 
 class Prompter(nn.Module):
     """Base class: ``query`` is set by the method (batch -> {modality: (batch, Dq)});
-    subclasses implement ``forward(batch)`` and may leave a key-matching loss in ``self.aux``."""
+    subclasses implement ``forward(batch)``."""
 
     persist = False
 
@@ -106,7 +106,6 @@ class Prompter(nn.Module):
         self.query_dims = {m: e.dims[-1] for m, e in encoders.items()}
         self.add_mode = {m: prompt_mode(e) == "add" for m, e in encoders.items()}
         self.query = None  # callable(batch) -> {modality: Tensor}
-        self.aux: dict[str, Tensor] = {}
         self.last_selection: dict[str, Tensor] = {}  # modality -> chosen prompt ids (diagnostics, tests)
 
     @property
