@@ -18,18 +18,13 @@ import torch.nn.functional as F
 from mmcl.config import build_config
 from mmcl.data.prepared import prepare
 from mmcl.encoders import build_encoder
-from mmcl.encoders.base import masked_mean
 
 
 @torch.no_grad()
 def features(enc, data, modality: str, idx: torch.Tensor, bs: int = 256) -> torch.Tensor:
     out = []
     for s in range(0, len(idx), bs):
-        x = data.batch(idx[s:s + bs])[modality]
-        tokens, mask = (x["tokens"], x.get("mask")) if "tokens" in x else enc.prefix(x)
-        for b in range(1, enc.num_blocks):
-            tokens, mask = enc.forward_block(b, tokens, mask)
-        out.append(masked_mean(tokens, mask))
+        out.append(enc.pooled(data.batch(idx[s:s + bs])[modality]))
     return torch.cat(out)
 
 

@@ -160,14 +160,7 @@ def step_rows(method) -> tuple[torch.Tensor, torch.Tensor]:
 
 # -- the modes ---------------------------------------------------------------------------------
 def encoders_forward(model, batch):
-    feats = []
-    for m in model.modalities:
-        enc, x = model.encoders[m], batch[m]
-        tokens, mask = x["tokens"], x.get("mask")
-        for b in range(1, enc.num_blocks):
-            tokens, mask = enc.forward_block(b, tokens, mask)
-        feats.append(masked_mean(tokens, mask))
-    return feats
+    return [model.encoders[m].pooled(batch[m]) for m in model.modalities]
 
 
 def floor_step(model, batch, biases):

@@ -68,6 +68,14 @@ class BlockEncoder(nn.Module):
     def train(self, mode: bool = True) -> "BlockEncoder":  # noqa: ARG002 - always eval
         return super().train(False)
 
+    def pooled(self, item: dict) -> torch.Tensor:
+        """A modality's batch entry (cached prefix ``tokens`` + ``mask``, or the encoder's
+        inputs) -> the frozen model's pooled last-block features (batch, D), no adapters."""
+        tokens, mask = (item["tokens"], item.get("mask")) if "tokens" in item else self.prefix(item)
+        for b in range(1, self.num_blocks):
+            tokens, mask = self.forward_block(b, tokens, mask)
+        return masked_mean(tokens, mask)
+
     def forward(self, inputs):  # full pass without adapters (features, probes)
         tokens, mask = self.prefix(inputs)
         for b in range(1, self.num_blocks):

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.encoders.base import masked_mean
 from mmcl.methods.base import Method, to_device
 
 
@@ -46,14 +45,7 @@ class PromptMethod(Method):
     # -- queries: the frozen encoders' pooled output without prompts --------------------------
     @torch.no_grad()
     def frozen_features(self, batch: dict) -> dict[str, Tensor]:
-        out = {}
-        for m in self.model.modalities:
-            enc, x = self.model.encoders[m], batch[m]
-            tokens, mask = (x["tokens"], x.get("mask")) if "tokens" in x else enc.prefix(x)
-            for b in range(1, enc.num_blocks):
-                tokens, mask = enc.forward_block(b, tokens, mask)
-            out[m] = masked_mean(tokens, mask).float()
-        return out
+        return {m: self.model.encoders[m].pooled(batch[m]).float() for m in self.model.modalities}
 
     @torch.no_grad()
     def query_table(self) -> dict[str, Tensor]:
