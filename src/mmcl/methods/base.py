@@ -11,6 +11,7 @@ a method owns its losses and its memory.
     end_task(t)              after training task t: freeze, update memory, store old outputs
     predict(batch)           -> logits over the classes seen so far
     trainable_parameters()   what the optimiser of the current task updates
+    stores()                 named memories / buffers that state() and load_state() include
     state() / load_state()   JSON metadata + tensors for checkpoints (no pickle). A checkpoint
                              may be taken in the middle of a task, so the state includes what
                              begin_task set up; a resumed task does not call begin_task again.
@@ -192,13 +193,24 @@ class Method:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def stores(self) -> dict:
+        """Named parts with ``state() -> (meta, tensors)`` and ``load(meta, tensors)`` (memories,
+        buffers) that ``state`` / ``load_state`` save and restore under their names."""
+        return {}
+
     def state(self) -> tuple[dict, dict[str, Tensor]]:
-        return {"task": self.task}, {"generator": self.generator.get_state()}
+        meta, tensors = {"task": self.task}, {"generator": self.generator.get_state()}
+        for name, store in self.stores().items():
+            meta[name], part = store.state()
+            tensors.update(part)
+        return meta, tensors
 
     def load_state(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         self.task = meta["task"]
         if "generator" in tensors:
             self.generator.set_state(tensors["generator"])
+        for name, store in self.stores().items():
+            store.load(meta[name], tensors)
 
     def summary(self) -> dict:
         """Method-specific results for results.json (e.g. expert usage)."""

@@ -99,18 +99,18 @@ class CrossModalityAdapters(Method):
         return terms
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def stores(self):
+        return {"memory": self.memory}
+
     def state(self):
         meta, tensors = super().state()
-        mem_meta, mem_tensors = self.memory.state()
-        meta.update(memory=mem_meta, usage_history=self.usage_history, frozen_history=self.frozen_history)
-        tensors.update(mem_tensors)
+        meta.update(usage_history=self.usage_history, frozen_history=self.frozen_history)
         if self.current_old_logits is not None:
             tensors["current_old_logits"] = self.current_old_logits
         return meta, tensors
 
     def load_state(self, meta, tensors):
         super().load_state(meta, tensors)
-        self.memory.load(meta["memory"], tensors)
         self.usage_history = meta["usage_history"]
         self.frozen_history = meta["frozen_history"]
         self.current_old_logits = tensors.get("current_old_logits")

@@ -108,16 +108,8 @@ class DarkExperienceReplayPP(Method):
             self.buffer.add(idx, out.logits[:n], self.generator)
         return {**terms, **self.balance_term(out)}
 
-    def state(self):
-        meta, tensors = super().state()
-        buf_meta, buf_tensors = self.buffer.state()
-        meta["buffer"] = buf_meta
-        tensors.update(buf_tensors)
-        return meta, tensors
-
-    def load_state(self, meta, tensors):
-        super().load_state(meta, tensors)
-        self.buffer.load(meta["buffer"], tensors)
+    def stores(self):
+        return {"buffer": self.buffer}
 
     def summary(self) -> dict:
         return {"memory_size": len(self.buffer)}

@@ -36,16 +36,8 @@ class ExperienceReplay(Method):
         out, target = self.forward_batch(idx)
         return {"cls": losses.classification(out.logits, target), **self.balance_term(out)}
 
-    def state(self):
-        meta, tensors = super().state()
-        mem_meta, mem_tensors = self.memory.state()
-        meta["memory"] = mem_meta
-        tensors.update(mem_tensors)
-        return meta, tensors
-
-    def load_state(self, meta, tensors):
-        super().load_state(meta, tensors)
-        self.memory.load(meta["memory"], tensors)
+    def stores(self):
+        return {"memory": self.memory}
 
     def summary(self) -> dict:
         return {"memory_size": len(self.memory)}

@@ -99,11 +99,11 @@ class ICaRL(Method):
                                                    device=z.device)], 1)
         return scores
 
+    def stores(self):
+        return {"memory": self.memory}
+
     def state(self):
         meta, tensors = super().state()
-        mem_meta, mem_tensors = self.memory.state()
-        meta["memory"] = mem_meta
-        tensors.update(mem_tensors)
         if self.current_old_logits is not None:
             tensors["icarl.current_old_logits"] = self.current_old_logits
         if self.class_means is not None:
@@ -112,7 +112,6 @@ class ICaRL(Method):
 
     def load_state(self, meta, tensors):
         super().load_state(meta, tensors)
-        self.memory.load(meta["memory"], tensors)
         self.current_old_logits = tensors.get("icarl.current_old_logits")
         self.class_means = tensors.get("icarl.class_means")
 
