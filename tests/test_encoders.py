@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmcl.config import ConfigError, build_config
+from mmcl.config import MODALITY_TYPES, ConfigError, build_config
 from mmcl.encoders import build_encoder, speech_features, split_layers
 from mmcl.encoders.audio import normalize_volume
 
@@ -65,7 +65,7 @@ def test_split_layers():
 @pytest.mark.parametrize("blocks", [1, 3])
 def test_random_chain_shapes_masks_frozen(modality, blocks):
     enc = build_encoder(modality, random_cfg(blocks))
-    assert enc.modality == modality and enc.num_blocks == blocks and len(enc.dims) == blocks
+    assert enc.modality == MODALITY_TYPES[modality] and enc.num_blocks == blocks and len(enc.dims) == blocks
     raws = raw_batch(modality)
     inputs = enc.preprocess(raws)
     assert set(inputs) == set(enc.input_keys)
@@ -186,7 +186,7 @@ def test_speech_features_on_a_sine():
 def test_build_encoder_errors(tmp_path):
     # build_config already rejects these (ConfigError); build_encoder checks configs made by hand
     for kind, expected in (("mobilenetv3", "encoders.image.*kind='mobilenetv3'.*Did you mean 'mobilenetv2'"),
-                           ("ge2e", "is for speech, not image")):
+                           ("ge2e", "takes audio input, and modality 'image' is image")):
         with pytest.raises(ConfigError, match=expected):
             make_cfg(**{"encoders.image.kind": kind})
         cfg = make_cfg()
@@ -286,7 +286,8 @@ def test_ast_from_a_folder_blockwise_equals_model_forward(tmp_path):
                                max_length=64, num_mel_bins=128)).eval()
     model.save_pretrained(tmp_path)
     ASTFeatureExtractor(max_length=64).save_pretrained(tmp_path)
-    cfg = make_cfg(**{"encoders.speech.kind": "ast", "encoders.speech.source": str(tmp_path), "model.blocks": 2})
+    cfg = make_cfg(**{"encoders.speech.kind": "ast", "encoders.speech.source": str(tmp_path), "model.blocks": 2,
+                      "data.max_speech_seconds": 0.6})
     enc = build_encoder("speech", cfg)
     inputs = enc.preprocess(raw_batch("speech"))
     assert inputs["fbank"].shape == (3, 64, 128)  # padded / cut to the model's max_length
@@ -295,6 +296,20 @@ def test_ast_from_a_folder_blockwise_equals_model_forward(tmp_path):
         want = model(input_values=inputs["fbank"]).last_hidden_state
         got, _ = enc(inputs)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Longer audio than the model's 64 frames: 3 s = 300 frames -> 5 chunks of 64, each chunk
+    # through the model alone, tokens kept together in order.
+    cfg = make_cfg(**{"encoders.speech.kind": "ast", "encoders.speech.source": str(tmp_path), "model.blocks": 2,
+                      "data.max_speech_seconds": 3.0})
+    enc = build_encoder("speech", cfg)
+    assert enc.chunks == 5 and enc.prompt_mode == "add"
+    inputs = enc.preprocess(raw_batch("speech"))
+    assert inputs["fbank"].shape == (3, 320, 128)
+    with torch.no_grad():
+        got, _ = enc(inputs)
+        for c in range(5):
+            want = model(input_values=inputs["fbank"][:, 64 * c: 64 * (c + 1)]).last_hidden_state
+            n = want.shape[1]
+            torch.testing.assert_close(got[:, n * c: n * (c + 1)], want, rtol=1e-5, atol=1e-5)
 
 
 def test_vit_and_ast_hub_ids_are_not_downloaded_unless_asked(monkeypatch):
@@ -335,3 +350,82 @@ def test_hf_text_takes_xlm_roberta_from_a_folder(tmp_path):
         want = model(input_ids=inputs["text_ids"], attention_mask=mask.long()).last_hidden_state
         got, _ = enc(inputs)
     torch.testing.assert_close(got[mask], want[mask], rtol=1e-5, atol=1e-5)
+
+
+def video_cfg(**extra):
+    return make_cfg(**{"data.modalities": ["video"], "encoders.video.source": "random", "encoders.video.width": 32,
+                       "encoders.video.layers": 2, "data.image_size": 32, "data.video_frames": 4,
+                       "model.blocks": 2, **extra})
+
+
+def clips(n=2, frames=4):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (frames, 30 + 5 * i, 40, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_vit_video_runs_each_frame_through_the_vit():
+    enc = build_encoder("video", video_cfg())
+    assert enc.modality == "video" and enc.prompt_mode == "add"
+    inputs = enc.preprocess(clips())
+    assert inputs["frames"].shape == (2, 4, 3, 32, 32) and inputs["frames"].dtype == torch.uint8
+    with torch.no_grad():
+        got, mask = enc(inputs)
+        assert mask is None and got.shape[:2] == (2, 4 * (1 + 4 * 4))  # 4 frames x ([CLS] + 4x4 patches)
+        for s in range(2):
+            want = enc.model(pixel_values=enc._normalise(inputs["frames"][s])).last_hidden_state
+            torch.testing.assert_close(got[s].reshape(4, -1, 32), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="a clip has 3 frames, expected data.video_frames=4"):
+        enc.preprocess(clips(frames=3))
+    assert all(not p.requires_grad for p in enc.parameters())
+
+
+def test_videomae_from_a_folder_blockwise_equals_model_forward(tmp_path):
+    from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
+    torch.manual_seed(0)
+    model = VideoMAEModel(VideoMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, image_size=32, patch_size=16, num_frames=4,
+                                         tubelet_size=2, use_mean_pooling=False)).eval()
+    model.save_pretrained(tmp_path)
+    VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    enc = build_encoder("video", video_cfg(**{"encoders.video.kind": "videomae", "encoders.video.source": str(tmp_path)}))
+    inputs = enc.preprocess(clips())
+    with torch.no_grad():
+        got, _ = enc(inputs)
+        x = (inputs["frames"].float() / 255 - torch.tensor(enc.mean).view(3, 1, 1)) / torch.tensor(enc.std).view(3, 1, 1)
+        want = model(pixel_values=x).last_hidden_state
+    assert got.shape == (2, 2 * 2 * 2, 32)  # (4 frames / 2) x 2 x 2 tubelets
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"takes 4 frames per clip: set data.video_frames=4 \(now 8\)"):
+        build_encoder("video", video_cfg(**{"encoders.video.kind": "videomae", "encoders.video.source": str(tmp_path),
+                                            "data.video_frames": 8}))
+
+
+def test_imu_encoder_windows_and_weight_files(tmp_path):
+    cfg = make_cfg(**{"data.modalities": ["accel"], "encoders.accel.width": 32, "encoders.accel.layers": 2,
+                      "data.sensor_length": 48, "data.sensor_window": 8, "model.blocks": 2})
+    enc = build_encoder("accel", cfg)
+    rng = np.random.default_rng(0)
+    inputs = enc.preprocess([rng.normal(size=(30, 3)), rng.normal(size=(100, 3))])
+    assert inputs["signal"].shape == (2, 48, 3)  # each recording resampled to sensor_length
+    with torch.no_grad():
+        tokens, mask = enc(inputs)
+    assert tokens.shape == (2, 6, 32) and mask is None  # 48 samples / windows of 8
+    assert torch.equal(build_encoder("accel", cfg)(inputs)[0], tokens)  # seeded: same weights every time
+    assert all(not p.requires_grad for p in enc.parameters())
+    # a constant recording resamples to itself; the ends of a ramp are kept
+    ramp = np.stack([np.linspace(0, 1, 10)] * 3, axis=1)
+    out = enc.preprocess([ramp])["signal"][0]
+    assert float(out[0, 0]) == 0.0 and float(out[-1, 0]) == pytest.approx(1.0)
+    # trained weights from a file (e.g. fitted on another data set) load and change the output
+    sd = {k: v + 0.1 for k, v in enc.state_dict().items()}
+    torch.save(sd, tmp_path / "imu.pt")
+    fitted = build_encoder("accel", make_cfg(**{**{"data.modalities": ["accel"], "encoders.accel.width": 32,
+                                                   "encoders.accel.layers": 2, "data.sensor_length": 48,
+                                                   "data.sensor_window": 8, "model.blocks": 2},
+                                                "encoders.accel.source": str(tmp_path / "imu.pt")}))
+    assert not torch.equal(fitted(inputs)[0], tokens) and fitted.identity() != enc.identity()
+    with pytest.raises(ValueError, match="cannot load .*width=64"):
+        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "encoders.accel.source": str(tmp_path / "imu.pt"),
+                                           "data.sensor_length": 48, "data.sensor_window": 8}))
+    with pytest.raises(ValueError, match="must be a multiple of data.sensor_window=7"):
+        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "data.sensor_window": 7}))

@@ -252,7 +252,7 @@ def test_build_scenario_names_task_and_classes():
     ("method.name=cmaa", ["method.name='cmaa' is not a registered method", "Did you mean 'cma'?"]),
     ("data.dataset=tuxpant", ["data.dataset='tuxpant' is not a registered dataset", "'tuxpaint'"]),
     ("encoders.image.kind=mobilenet", ["encoders.image.kind='mobilenet'", "Did you mean 'mobilenetv2'?"]),
-    ("encoders.image.kind=ge2e", ["encoder 'ge2e' is for speech, not image", "mobilenetv2"]),
+    ("encoders.image.kind=ge2e", ["encoder 'ge2e' takes audio input, and modality 'image' is image", "mobilenetv2"]),
 ])
 def test_bad_config_value_or_key(arg, expected, capsys, tmp_path):
     out = tmp_path / "runs"

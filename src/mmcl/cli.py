@@ -33,9 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true",
                    help="start over in the run folder instead of resuming from its last checkpoint")
     r.add_argument("-v", "--verbose", action="store_true")
-    pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)")
+    pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)",
+                        description="Decode every file of a preset's data set once into the cache "
+                                    "(data.cache_dir); interrupted, it resumes with the files not yet written. "
+                                    "With --root, the data set's folder is remembered: later `mmcl run` "
+                                    "calls find it without data.root.")
     pr.add_argument("preset")
     pr.add_argument("overrides", nargs="*", metavar="key=value")
+    pr.add_argument("--root", help="the data set's folder (its official release layout; docs/datasets.md)")
+    pr.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2, 1 on one core)")
     rep = sub.add_parser("report", help="(re)write a run folder's plots and report")
     rep.add_argument("run_dir")
     cmp_ = sub.add_parser("compare", help="table of several runs: mean ± std over seeds per method/variant",
@@ -132,12 +138,20 @@ def _dispatch(args) -> int:
         for path in write_comparison(rows, args.out, skipped):
             print(path)
         return 0
-    cfg = build_config(args.preset, args.overrides)
+    overrides = list(args.overrides)
+    if args.command == "prepare" and args.root:
+        overrides.append(f"data.root={args.root}")
+    cfg = build_config(args.preset, overrides)
     if args.command == "prepare":
+        from mmcl.data.clips import remember_root
         from mmcl.data.prepared import prepare
         from mmcl.encoders import build_encoder
-        data = prepare(cfg, {m: build_encoder(m, cfg) for m in cfg.data.modalities}, progress=sys.stderr.isatty())
-        print(f"prepared {len(data)} samples of {cfg.data.dataset}")
+        data = prepare(cfg, {m: build_encoder(m, cfg) for m in cfg.data.modalities},
+                       progress=sys.stderr.isatty(), workers=args.workers)
+        if args.root:
+            remember_root(cfg.data.cache_dir, cfg.data.dataset, args.root)
+        left = f", {len(data.excluded)} left out for unreadable files" if data.excluded else ""
+        print(f"prepared {len(data)} samples of {cfg.data.dataset}{left} in {data.folder}")
         return 0
     from mmcl.engine import Experiment
     from mmcl.report import format_metrics_table

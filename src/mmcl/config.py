@@ -71,9 +71,18 @@ class RunConfig:
     save_checkpoint: bool = doc("write the final checkpoint (safetensors + JSON) to checkpoints/", True)
 
 
+# Modality slots: a modality's name (in data.modalities, encoders.<name>.*, a manifest's columns)
+# -> the input type its encoder takes. [C] A fixed, documented set rather than free-form names,
+# so that every encoders.<name>.* key is a documented, type-checked config key. A new slot is one
+# entry here and one field in EncodersConfig.
+MODALITY_TYPES = {"image": "image", "video": "video", "text": "text", "speech": "audio",
+                  "audio": "audio", "accel": "sensor", "gyro": "sensor"}
+
+
 @dataclass
 class EncoderConfig:
-    kind: str = doc("registered encoder: mobilenetv2, vit (image); hf_text (text); ge2e, ast (speech)", "")
+    kind: str = doc("registered encoder: mobilenetv2, vit (image); vit_video, videomae (video); hf_text "
+                    "(text); ge2e, ast (speech, audio); imu (accel, gyro)", "")
     source: str = doc(
         "where weights come from: 'package' (weights shipped in a pip package), a local "
         "folder or file, a Hugging Face id (hf_text; read from the local Hugging Face cache, "
@@ -87,6 +96,15 @@ class EncodersConfig:
     image: EncoderConfig = doc("image encoder", factory=lambda: EncoderConfig(kind="mobilenetv2"))
     text: EncoderConfig = doc("text encoder", factory=lambda: EncoderConfig(kind="hf_text"))
     speech: EncoderConfig = doc("speech encoder", factory=lambda: EncoderConfig(kind="ge2e"))
+    video: EncoderConfig = doc("video encoder (frames)", factory=lambda: EncoderConfig(
+        kind="vit_video", source="google/vit-base-patch16-224-in21k"))
+    audio: EncoderConfig = doc("audio (sound) encoder; not fine-tuned on AudioSet by default (AVE leakage, "
+                               "see docs/datasets.md)", factory=lambda: EncoderConfig(
+                                   kind="ast", source="MIT/ast-finetuned-speech-commands-v2"))
+    accel: EncoderConfig = doc("accelerometer encoder (no public pre-trained model: frozen random "
+                               "by default)", factory=lambda: EncoderConfig(kind="imu", source="random", width=64))
+    gyro: EncoderConfig = doc("gyroscope encoder (as accel)", factory=lambda: EncoderConfig(
+        kind="imu", source="random", width=64))
 
 
 @dataclass
@@ -94,10 +112,15 @@ class DataConfig:
     dataset: str = doc("registered data set: tuxpaint, manifest (your own data; `mmcl list`)", "tuxpaint")
     manifest: str = doc("manifest data set: the CSV / JSONL file, one row per sample (columns label, one per "
                         "modality, optional domain / split / group; see the README)", "")
-    domains: list[str] = doc("manifest data set: domains used (empty: all, in order of appearance)", factory=list)
-    on_missing: str = doc("manifest data set: a row whose file is missing: 'fail' (stop, naming file and row) "
-                          "or 'skip' (leave the row out and report the count)", "fail")
-    root: str = doc("data set root ($MMCL_TUXPAINT_ROOT for tuxpaint)", factory=_default_stamps_root)
+    domains: list[str] = doc("manifest, samsemo: domains used (empty: all; manifest: in order of appearance, "
+                             "samsemo: EN, DE, ES, PL, KO)", factory=list)
+    multi_label: str = doc("samsemo: an utterance with several of data.classes among its aggregated emotions: "
+                           "'drop' (left out, counted) or 'first' (labelled with the first listed) [C]", "drop")
+    on_missing: str = doc("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file) "
+                          "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail")
+    root: str = doc("data set root; empty: tuxpaint $MMCL_TUXPAINT_ROOT or /usr/share/tuxpaint/stamps, the "
+                    "others the folder given to `mmcl prepare <preset> --root DIR` or $MMCL_<DATASET>_ROOT "
+                    "(docs/datasets.md)", "")
     cache_dir: str = doc("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
     modalities: list[str] = doc("modalities used, in order", factory=lambda: ["image", "text", "speech"])
     classes: list[str] = doc("class names (tuxpaint: stamp folders; manifest: empty = every label)", factory=lambda: list(TUXPAINT_CLASSES))
@@ -106,7 +129,10 @@ class DataConfig:
     split: list[float] = doc("train / val / test fractions, split by stamp with the seed", factory=lambda: [0.7, 0.1, 0.2])
     image_size: int = doc("images are resized to this square size (pixels)", 128)
     max_text_tokens: int = doc("text is truncated to this many tokens", 64)
-    max_speech_seconds: float = doc("speech is cut to this many seconds", 3.0)
+    max_speech_seconds: float = doc("speech and audio are cut to this many seconds", 3.0)
+    video_frames: int = doc("frames sampled per video clip, evenly spaced over the clip [C]", 8)
+    sensor_length: int = doc("inertial-sensor recordings are linearly resampled to this many samples [C]", 192)
+    sensor_window: int = doc("sensor samples per token of the imu encoder (UESTC-MMEA-CL's official window: 24)", 24)
     sample_rate: int = doc("speech is resampled to this rate (Hz); GE2E expects 16000", 16000)
     cache_prefix: bool = doc(
         "cache each frozen encoder's prefix (tokenizer + block 1, before the first adapter) at "
@@ -258,9 +284,7 @@ def config_reference() -> str:
     """Markdown table of every config key (docs/config.md is generated from this)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, typ, default, text in iter_keys():
-        if key == "data.root":
-            default = "$MMCL_TUXPAINT_ROOT or /usr/share/tuxpaint/stamps"
-        elif key == "data.cache_dir":
+        if key == "data.cache_dir":
             default = "$MMCL_CACHE or ~/.cache/mmcl"
         lines.append(f"| `{key}` | {typ} | `{default}` | {text} |")
     return "\n".join(lines) + "\n"
@@ -528,6 +552,7 @@ _CHOICES = {
     "model.pool": ("mean",),
     "run.progress": ("auto", "always", "never"),
     "data.on_missing": ("fail", "skip"),
+    "data.multi_label": ("drop", "first"),
 }
 
 
@@ -541,17 +566,17 @@ def get_key(cfg, key: str):
 # key -> smallest allowed value (inclusive)
 _MINIMUM = {
     "run.threads": 0, "data.image_size": 8, "data.max_text_tokens": 2, "data.sample_rate": 1000,
-    "data.max_stamps_per_class": 0, "model.blocks": 1, "model.dim_z": 1, "model.head_hidden": 1,
+    "data.max_stamps_per_class": 0, "data.video_frames": 1, "data.sensor_length": 1, "data.sensor_window": 1, "model.blocks": 1, "model.dim_z": 1, "model.head_hidden": 1,
     "adapter.num_experts": 1, "adapter.dim": 1, "adapter.context_tokens": 1, "memory.size": 0,
     "memory.batch_size": 1, "train.epochs": 1, "train.batch_size": 1, "train.weight_decay": 0.0,
-    "train.grad_clip": 0.0, "eval.batch_size": 1, "scenario.num_tasks": 1, "encoders.image.width": 1,
-    "encoders.image.layers": 1, "encoders.text.width": 2, "encoders.text.layers": 1,
-    "encoders.speech.width": 1, "encoders.speech.layers": 1, "method.lwf_alpha": 0.0,
+    "train.grad_clip": 0.0, "eval.batch_size": 1, "scenario.num_tasks": 1, "method.lwf_alpha": 0.0,
     "method.ewc_lambda": 0.0, "method.ewc_gamma": 0.0, "method.derpp_alpha": 0.0, "method.derpp_beta": 0.0,
     "method.prompt_pull": 0.0, "method.l2p_pool": 1, "method.l2p_length": 1, "method.l2p_top_k": 1,
     "method.dualprompt_g_length": 1, "method.dualprompt_e_length": 1, "method.dualprompt_g_blocks": 0,
     "method.coda_components": 1, "method.coda_length": 1, "method.coda_ortho": 0.0,
 }
+_MINIMUM.update({f"encoders.{m}.{k}": 1 for m in MODALITY_TYPES for k in ("width", "layers")})
+_MINIMUM["encoders.text.width"] = 2
 # key -> value it must exceed
 _ABOVE = {"train.lr": 0.0, "data.max_speech_seconds": 0.0, "loss.distil_T": 0.0, "loss.align_tau": 0.0,
           "loss.preserve_tau": 0.0, "method.lwf_T": 0.0}
@@ -587,11 +612,11 @@ def _check_registered(cfg: Config) -> None:
             raise ConfigError(f"config key {key}='{name}' is not a registered {kind}."
                               f"{_did_you_mean(name, table)} Known: {', '.join(sorted(table))} "
                               f"(`mmcl list` describes them)")
-        modality = getattr(table[name], "modality", None)
-        if kind == "encoder" and modality and modality != key.split(".")[1]:
-            fits = sorted(n for n, c in table.items() if getattr(c, "modality", None) == key.split(".")[1])
-            raise ConfigError(f"config key {key}='{name}': encoder '{name}' is for {modality}, not "
-                              f"{key.split('.')[1]}. Use one of: {', '.join(fits)}")
+        takes, slot = getattr(table[name], "modality", None), key.split(".")[1]
+        if kind == "encoder" and takes and takes != MODALITY_TYPES[slot]:
+            fits = sorted(n for n, c in table.items() if getattr(c, "modality", None) == MODALITY_TYPES[slot])
+            raise ConfigError(f"config key {key}='{name}': encoder '{name}' takes {takes} input, and "
+                              f"modality '{slot}' is {MODALITY_TYPES[slot]}. Use one of: {', '.join(fits)}")
 
 
 def validate(cfg: Config) -> None:
@@ -608,7 +633,7 @@ def validate(cfg: Config) -> None:
         v = get_key(cfg, key)
         if not v > low:
             raise ConfigError(f"config key '{key}' must be greater than {low}, got {v}")
-    _check_names("data.modalities", cfg.data.modalities, ("image", "text", "speech"))
+    _check_names("data.modalities", cfg.data.modalities, tuple(MODALITY_TYPES))
     if cfg.data.dataset == "tuxpaint":  # a manifest takes its classes / domains from its rows
         _check_names("data.classes", cfg.data.classes)
         _check_names("data.languages", cfg.data.languages)

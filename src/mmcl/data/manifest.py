@@ -4,8 +4,11 @@ Columns (JSONL: keys):
 
 - ``label``   class name (required);
 - one column per modality in ``data.modalities``: ``image`` (an image file Pillow reads),
-  ``speech`` (an audio file PyAV reads: wav, ogg, flac, mp3, or the audio track of a video),
-  ``text`` (the text itself). File paths are relative to the manifest's folder, or absolute;
+  ``speech`` / ``audio`` (an audio file PyAV reads: wav, ogg, flac, mp3, or the audio track of a
+  video), ``video`` (a video file, or a folder of frame images), ``accel`` / ``gyro`` (a text
+  table, one row per sample time, 3 columns x y z, comma or space separated, header lines
+  skipped), ``text`` (the text itself). File paths are relative to the manifest's folder, or
+  absolute;
 - ``domain``  optional: the sample's domain (one task per domain in domain-incremental runs);
 - ``split``   optional: train / val / test. Without it the samples are split by the seed with
   ``data.split``, stratified by class, keeping the rows of one ``group`` together;
@@ -28,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from mmcl.config import MODALITY_TYPES
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg, decode_png, split_samples
 from mmcl.encoders._weights import file_stamp
@@ -35,7 +39,7 @@ from mmcl.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text", "speech")
+MODALITIES = tuple(MODALITY_TYPES)
 HINTS = ("Restore the file, fix its path in the manifest (paths are relative to the manifest's "
          "folder), or run with data.on_missing=skip to leave such rows out.",
          "The file is corrupt or unreadable: replace it, or remove its row from the manifest.")
@@ -115,7 +119,7 @@ class Manifest:
         return {"manifest": file_stamp(self.path), "classes": self.classes, "domains": self.domains,
                 "image_size": d.image_size, "max_text_tokens": d.max_text_tokens,
                 "max_speech_seconds": d.max_speech_seconds, "sample_rate": d.sample_rate,
-                "on_missing": d.on_missing}
+                "video_frames": d.video_frames, "on_missing": d.on_missing}
 
     def info(self) -> dict:
         return {"manifest": str(self.path), "skipped_rows": list(self.skipped)}
@@ -125,7 +129,7 @@ class Manifest:
             raise DataError(f"manifest {self.path}, row {row_no}: the '{column}' cell is empty")
         path = Path(os.path.expanduser(str(value)))
         path = path if path.is_absolute() else self.base / path
-        if path.is_file():
+        if path.is_file() or (MODALITY_TYPES.get(column) == "video" and path.is_dir()):  # frame folder
             return str(path)
         if self.data.on_missing == "skip":
             self.skipped.append(f"row {row_no}: {column} {path}")
@@ -172,12 +176,19 @@ class Manifest:
         return records, sources
 
     def decoder(self, modality: str) -> Callable | None:
-        if modality == "image":
+        from mmcl.data.clips import _decode_clip
+        from mmcl.data.media import decode_sensor_table
+        kind = MODALITY_TYPES.get(modality)
+        if kind == "image":
             return functools.partial(decode_png, hints=HINTS)
-        if modality == "speech":
+        if kind == "audio":
             return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
                                      max_seconds=self.data.max_speech_seconds, hints=HINTS)
-        if modality == "text":
+        if kind == "video":
+            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=HINTS)
+        if kind == "sensor":
+            return functools.partial(decode_sensor_table, hints=HINTS)
+        if kind == "text":
             return None
         raise DataError(f"the manifest data set has no modality '{modality}' (it has {', '.join(MODALITIES)})")
 

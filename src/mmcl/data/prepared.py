@@ -149,6 +149,19 @@ def _show_progress(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
 
 
+def _guarded(decoder: Callable, source):
+    """decoder(source), or a DataError's message instead of raising it (data.on_missing=skip):
+    one bad file must not stop a pool, and it is reported with its row."""
+    try:
+        return decoder(source)
+    except DataError as e:
+        return _Bad(str(e))
+
+
+class _Bad(str):
+    """A file that could not be read (its message), standing in for the raw item."""
+
+
 def _decode_iter(decoder: Callable | None, sources: Sequence, workers: int) -> Iterator:
     """Raw items in source order; decoded in a small fork pool when it pays (PyAV and Pillow
     release little of the GIL, so threads would not help)."""
@@ -185,23 +198,40 @@ def _encoder_device(enc) -> torch.device:
 
 # -- the two preparation steps ----------------------------------------------------------------
 def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, workers: int,
-                    show: bool) -> dict[str, torch.Tensor]:
+                    show: bool, skip_bad: bool = False) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+    """-> (the encoder's inputs for every source row, {row: message} of unreadable files).
+    With skip_bad, an unreadable file's row holds a copy of a readable item (never used: its
+    samples are left out of every split) and preparation goes on; else the DataError stops it."""
     from tqdm import tqdm
-    outs, raws = [], []
+    outs, raws, bad = [], [], {}
+    fallback = None  # a readable raw item, stands in for unreadable ones
     pooled = decoder is not None and workers > 1
     threads = (os.cpu_count() or 1) - workers if pooled else torch.get_num_threads()
+    if skip_bad and decoder is not None:
+        import functools
+        decoder = functools.partial(_guarded, decoder)
+
+    def flush():
+        outs.append(enc.preprocess([fallback if isinstance(r, _Bad) else r for r in raws]))
+        bar.update(len(raws))
+        raws.clear()
+
     with tqdm(total=len(sources), desc=f"decode {mod}", unit="item", disable=not show) as bar, \
             _torch_threads(threads):
-        for raw in _decode_iter(decoder, sources, workers):
+        for row, raw in enumerate(_decode_iter(decoder, sources, workers)):
+            if isinstance(raw, _Bad):
+                bad[row] = str(raw)
+            elif fallback is None:
+                fallback = raw
             raws.append(raw)
-            if len(raws) == chunk:
-                outs.append(enc.preprocess(raws))
-                bar.update(len(raws))
-                raws = []
+            if len(raws) >= chunk and fallback is not None:
+                flush()
+        if raws and fallback is None:
+            raise DataError(f"no {mod} file of data set could be read ({len(bad)} tried); the first: "
+                            f"{next(iter(bad.values()))}")
         if raws:
-            outs.append(enc.preprocess(raws))
-            bar.update(len(raws))
-    return _cat_padded(outs)
+            flush()
+    return _cat_padded(outs), bad
 
 
 @torch.no_grad()
@@ -282,6 +312,7 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
     folder = _folder(data, dataset, encoders)
     mods = list(data.modalities)
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    skip_bad = getattr(data, "on_missing", "fail") == "skip"
     show = _show_progress(progress)
     timings: dict[str, float] = {}
 
@@ -311,13 +342,18 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
         if not in_path.exists():
             t0 = time.perf_counter()
             try:
-                inputs = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
-                                         chunk_size, workers, show)
+                inputs, bad = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
+                                              chunk_size, workers, show, skip_bad=skip_bad)
             except DataError as e:
                 # The index lists every file: a stamp removed from disk is still in it.
                 raise DataError(f"{e} (Note: {records_path} lists the files indexed for this "
                                 f"cache; if you remove files rather than restore them, delete "
                                 f"{folder} as well so that the data are indexed again.)") from e
+            bad_path = folder / f"unreadable_{mod}.json"
+            if bad:  # written before the inputs: a complete inputs file always has its list
+                _atomic_write_json(bad_path, {str(r): msg for r, msg in sorted(bad.items())})
+            else:
+                bad_path.unlink(missing_ok=True)
             _atomic_save_tensors(in_path, inputs)
             timings[f"inputs_{mod}_s"] = time.perf_counter() - t0
         if data.cache_prefix and not pre_path.exists():
@@ -330,6 +366,10 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
 
     prepared = PreparedData.from_folder(folder, mods, use_prefix=data.cache_prefix,
                                         split_fn=ds_cls.split_samples, fractions=data.split)
+    if prepared.unreadable and not skip_bad:
+        raise DataError(f"{len(prepared.unreadable)} file(s) of this data set could not be read when it was "
+                        f"prepared (with data.on_missing=skip), e.g. {prepared.unreadable[0]} Fix or replace "
+                        f"them and delete {folder}, or run with data.on_missing=skip.")
     prepared.timings = timings
     return prepared
 
@@ -353,6 +393,8 @@ class PreparedData:
         self.fractions = list(fractions)
         self._split_fn = split_fn
         self.timings: dict[str, float] = {}
+        self.excluded: set[int] = set()  # samples with an unreadable file (exclude_unreadable)
+        self.unreadable: list[str] = []
         self.labels = torch.tensor([r["label"] for r in self.records], dtype=torch.long)
         self.domain_ids = torch.tensor([r["domain"] for r in self.records], dtype=torch.long)
         # sample index -> row of each modality's tensors (an image row is shared by languages)
@@ -386,7 +428,31 @@ class PreparedData:
             if not path.exists():
                 raise DataError(f"{path} is missing: run prepare (mmcl prepare) for this config")
             tensors[m] = _load_tensors(path)
-        return cls(meta, tensors, use_prefix, split_fn, fractions, folder)
+        unreadable = {}
+        for m in modalities:
+            path = folder / f"unreadable_{m}.json"
+            if path.exists():
+                try:
+                    unreadable[m] = {int(r): msg for r, msg in json.loads(path.read_text(encoding="utf-8")).items()}
+                except (OSError, ValueError) as e:
+                    raise DataError(f"cannot read {path}: {e}. Delete the folder {folder} and prepare again.") from e
+        out = cls(meta, tensors, use_prefix, split_fn, fractions, folder)
+        out.exclude_unreadable(unreadable)
+        return out
+
+    def exclude_unreadable(self, unreadable: dict[str, dict[int, str]]) -> None:
+        """Leave out of every split the samples that use an unreadable file ({modality: {row:
+        message}}, from preparation with data.on_missing=skip); log the count and the files."""
+        self.unreadable = [msg for rows in unreadable.values() for msg in rows.values()]
+        bad = set()
+        for m, rows in unreadable.items():
+            if m in self.rows and rows:
+                hit = torch.isin(self.rows[m], torch.tensor(sorted(rows), dtype=torch.long))
+                bad.update(int(i) for i in torch.nonzero(hit).flatten())
+        self.excluded = bad
+        if bad:
+            log.warning("%d sample(s) left out: %d file(s) could not be read (data.on_missing=skip); e.g. %s",
+                        len(bad), len(self.unreadable), self.unreadable[0])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -421,7 +487,11 @@ class PreparedData:
 
     def split(self, seed: int, fractions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
         """{"train", "val", "test"} -> sample indices, fixed by seed (the data set's rule)."""
-        return self._split_fn(self.records, list(fractions or self.fractions), seed)
+        splits = self._split_fn(self.records, list(fractions or self.fractions), seed)
+        if self.excluded:
+            drop = np.fromiter(self.excluded, dtype=np.int64)
+            splits = {k: v[~np.isin(v, drop)] for k, v in splits.items()}
+        return splits
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.tensors.values() for t in ts.values())

@@ -176,7 +176,8 @@ class TuxPaint:
 
     def __init__(self, data):
         self.data = data
-        self.root = Path(os.path.expanduser(data.root))
+        from mmcl.config import _default_stamps_root
+        self.root = Path(os.path.expanduser(data.root or _default_stamps_root()))
         self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
 
     @property

@@ -1,13 +1,13 @@
 """Frozen pre-trained encoders, one per modality, all behind the block-wise BlockEncoder interface.
 
-Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text, vit, ast).
+Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text, vit, ast, vit_video, videomae, imu).
 """
 from __future__ import annotations
 
 import difflib
 
 from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
-from mmcl.encoders import ge2e, hf_text, hf_vision, mobilenet  # noqa: F401 - registers the encoders
+from mmcl.encoders import ge2e, hf_text, hf_vision, imu, mobilenet, video  # noqa: F401 - registers the encoders
 from mmcl.encoders.audio import speech_features
 from mmcl.registry import REGISTRIES
 
@@ -17,9 +17,10 @@ __all__ = ["BlockEncoder", "build_encoder", "masked_mean", "speech_features", "s
 def build_encoder(modality: str, cfg) -> BlockEncoder:
     """The frozen encoder for ``modality`` from a full mmcl Config (cfg.encoders.<modality>,
     cfg.model.blocks, cfg.data). Raises ValueError naming modality, kind and source on errors."""
+    from mmcl.config import MODALITY_TYPES
     enc_cfg = getattr(cfg.encoders, modality, None)
-    if enc_cfg is None:
-        raise ValueError(f"no encoder configured for modality '{modality}' (known: image, text, speech)")
+    if enc_cfg is None or modality not in MODALITY_TYPES:
+        raise ValueError(f"no encoder configured for modality '{modality}' (known: {', '.join(MODALITY_TYPES)})")
     table = REGISTRIES["encoder"]
     cls = table.get(enc_cfg.kind)
     where = f"encoders.{modality} (kind='{enc_cfg.kind}', source='{enc_cfg.source}')"
@@ -27,8 +28,9 @@ def build_encoder(modality: str, cfg) -> BlockEncoder:
         near = difflib.get_close_matches(enc_cfg.kind, list(table), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
         raise ValueError(f"{where}: unknown encoder kind.{hint} Known: {', '.join(sorted(table))}")
-    if cls.modality != modality:
-        raise ValueError(f"{where}: encoder '{enc_cfg.kind}' is for {cls.modality}, not {modality}")
+    if cls.modality != MODALITY_TYPES[modality]:
+        raise ValueError(f"{where}: encoder '{enc_cfg.kind}' takes {cls.modality} input, and modality "
+                         f"'{modality}' is {MODALITY_TYPES[modality]}")
     try:
         enc = cls(enc_cfg, int(cfg.model.blocks), cfg.data)
     except ValueError as e:

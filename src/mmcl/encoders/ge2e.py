@@ -40,7 +40,7 @@ def _resemblyzer_to_layers(sd: dict[str, torch.Tensor], num_layers: int) -> dict
 class GE2EEncoder(BlockEncoder):
     """GE2E speaker encoder (resemblyzer, 3-layer LSTM, 256-d); tokens = 10 ms frames (B, T, 256)."""
 
-    modality = "speech"
+    modality = "audio"
     input_keys = ("speech", "speech_mask")
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):

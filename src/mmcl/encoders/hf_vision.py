@@ -68,38 +68,46 @@ class ViTEncoder(HFTransformerBlocks):
             self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
             self._stamp = f"random:w{w}:l{enc_cfg.layers}"
         else:
-            model, proc, self._stamp = load_source(self.source, f"image encoder vit (source='{self.source}')",
-                                             "AutoImageProcessor", "encoders.image.source")
+            model, proc, self._stamp = load_source(
+                self.source, f"{self.modality} encoder {self.registered_name} (source='{self.source}')",
+                "AutoImageProcessor", f"encoders.{self.modality}.source")
             self.mean = tuple(getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5))
             self.std = tuple(getattr(proc, "image_std", None) or (0.5, 0.5, 0.5))
             self.image_size = int(model.config.image_size)  # position embeddings fix the size
         self._setup(model, num_blocks, "vit")
 
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (..., 3, S, S) -> the processor's normalised floats (floats pass through)."""
+        if x.dtype != torch.uint8:
+            return x
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
     def prefix(self, inputs):
-        x = inputs["pixels"]
-        if x.dtype == torch.uint8:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x.float() / 255.0 - mean) / std
-        return self._run(0, self.model.embeddings(x)), None
+        return self._run(0, self.model.embeddings(self._normalise(inputs["pixels"]))), None
 
     def identity(self) -> str:
         return f"vit|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}|size={self.image_size}"
 
     def preprocess(self, raws: list) -> dict[str, torch.Tensor]:
         """HxWx3 uint8 RGB arrays -> {'pixels': uint8 (B, 3, S, S)} (normalised in prefix)."""
-        from PIL import Image
-        s = self.image_size
-        out = [np.asarray(Image.fromarray(np.asarray(a)).convert("RGB").resize((s, s), Image.BILINEAR))
-               for a in raws]
-        return {"pixels": torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()}
+        return {"pixels": resize_rgb(raws, self.image_size)}
+
+
+def resize_rgb(images, size: int) -> torch.Tensor:
+    """HxWx3 uint8 arrays (any H, W) -> uint8 (n, 3, size, size), bilinear."""
+    from PIL import Image
+    out = [np.asarray(Image.fromarray(np.asarray(a)).convert("RGB").resize((size, size), Image.BILINEAR))
+           for a in images]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
 @register_encoder("ast")
 class ASTEncoder(HFTransformerBlocks):
     """Audio Spectrogram Transformer on 128-bin log-mel filter banks; e.g. MIT/ast-finetuned-speech-commands-v2."""
 
-    modality = "speech"
+    modality = "audio"
     input_keys = ("fbank",)
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):
@@ -123,16 +131,37 @@ class ASTEncoder(HFTransformerBlocks):
                 self.source, f"speech encoder ast (source='{self.source}')", "AutoFeatureExtractor",
                 "encoders.speech.source")
         self._setup(model, num_blocks, "ast")
+        # The position table fixes the frames per pass (model.config.max_length; 100 frames a
+        # second): longer audio (data.max_speech_seconds) runs as consecutive chunks of that many
+        # frames, each through the model alone, their tokens kept together (as vit_video's frames).
+        self.chunk = int(model.config.max_length)
+        wanted = int(round(float(data_cfg.max_speech_seconds) * 100))
+        self.chunks = max(1, -(-wanted // self.chunk))
+        if self.chunks > 1:
+            self.prompt_mode = "add"  # prepended prompt tokens would break the per-chunk reshaping
+
+    def _per_chunk(self, b: int, tokens: torch.Tensor) -> torch.Tensor:
+        n, length, dim = tokens.shape
+        h = self._run(b, tokens.reshape(n * self.chunks, length // self.chunks, dim))
+        return h.reshape(n, -1, h.shape[-1])
 
     def prefix(self, inputs):
-        return self._run(0, self.model.embeddings(inputs["fbank"].float())), None
+        x = inputs["fbank"].float()  # (B, chunks * chunk, 128)
+        n = x.shape[0]
+        h = self._run(0, self.model.embeddings(x.reshape(n * self.chunks, self.chunk, x.shape[-1])))
+        return h.reshape(n, -1, h.shape[-1]), None
+
+    def forward_block(self, b, tokens, mask):
+        return self._per_chunk(b, tokens), mask
 
     def identity(self) -> str:
-        return f"ast|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}|sr={self.sample_rate}"
+        chunks = f"|chunks={self.chunks}" if self.chunks > 1 else ""
+        return f"ast|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}|sr={self.sample_rate}{chunks}"
 
     def preprocess(self, raws: list) -> dict[str, torch.Tensor]:
-        """Mono float32 waveforms at data.sample_rate -> {'fbank': (B, frames, 128)} (the
-        extractor pads / cuts to the model's max_length and normalises)."""
+        """Mono float32 waveforms at data.sample_rate -> {'fbank': (B, chunks * max_length, 128)}
+        (the extractor pads / cuts to that many frames and normalises)."""
+        self.extractor.max_length = self.chunks * self.chunk
         feats = self.extractor([np.asarray(w, dtype=np.float32) for w in raws],
                                sampling_rate=self.sample_rate, return_tensors="np")
         return {"fbank": torch.from_numpy(np.asarray(feats["input_values"], dtype=np.float32))}
