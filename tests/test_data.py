@@ -347,3 +347,28 @@ def test_real_stamps_counts(tmp_path):
     # one real file of each kind decodes
     assert tp.decode_png(str(REAL_ROOT / sources["image"][0])).shape[2] == 3
     assert tp.decode_ogg(str(REAL_ROOT / sources["speech"][0]), 16000).size > 1000
+
+
+def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+    from mmcl.data.prepared import _load_tensors
+    maps, memmap = [], np.memmap
+
+    def recorded(*a, **k):
+        maps.append(memmap(*a, **k))
+        return maps[-1]
+    monkeypatch.setattr(np, "memmap", recorded)
+    t = {"tokens": torch.randn(5, 7, 3).half(), "mask": torch.rand(5, 7) > 0.5, "empty": torch.zeros(0, 3),
+         "ids": torch.arange(4), "pixels": torch.randint(0, 255, (2, 3, 4), dtype=torch.uint8)}
+    path = tmp_path / "x.safetensors"
+    save_file(t, str(path))
+    got, ref = _load_tensors(path), load_file(str(path))
+    for k in t:
+        assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k])
+    # served from maps of the file (paged in by the OS), not read whole
+    assert got["tokens"].data_ptr() in {m.ctypes.data for m in maps} and len(maps) == 4
+    got["tokens"][0] = 0  # copy-on-write: the file is never changed
+    assert torch.equal(load_file(str(path))["tokens"], t["tokens"])
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=f"cannot read cached file {path}.*prepare again"):
+        _load_tensors(path)

@@ -300,3 +300,46 @@ def test_dataset_root_is_asked_for(tmp_path, monkeypatch):
     monkeypatch.delenv("MMCL_AVE_ROOT", raising=False)
     with pytest.raises(DataError, match=r"mmcl prepare ave --root DIR.*MMCL_AVE_ROOT"):
         prepared("ave", tiny(tmp_path))
+
+
+def test_imu_encoder_fitted_on_task_1_then_frozen(tmp_path, caplog):
+    import logging
+    from mmcl.config import ConfigError
+    from mmcl.engine import Experiment
+    uestc_tree(tmp_path / "uestc")
+    o = tiny(tmp_path, **{"data.root": str(tmp_path / "uestc"), "data.classes": ["upstairs", "downstairs"],
+                          "scenario.num_tasks": 1, "data.modalities": ["video", "accel"],
+                          "encoders.accel.fit": "first_task", "encoders.accel.fit_epochs": 5,
+                          "train.lr": 0.01})
+    cfg = build_config("uestc-mmea", o)
+    random_weights = {k: v.clone() for k, v in build_encoder("accel", cfg).state_dict().items()}
+    exp = Experiment(cfg, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="mmcl"):
+        exp.run()
+    enc = exp.model.encoders["accel"]
+    assert all(not p.requires_grad for p in enc.parameters())  # frozen again
+    assert any(not torch_equal(v, random_weights[k]) for k, v in enc.state_dict().items())
+    losses = [line for line in caplog.messages if "fitted the accel encoder" in line]
+    assert losses and (tmp_path / "run" / "fitted_accel.safetensors").exists()
+    epoch_losses = [float(x) for x in losses[0].split("per epoch")[1].split()]
+    assert len(epoch_losses) == 5 and epoch_losses[-1] < epoch_losses[0]
+    # the data are served with the fitted encoder's prefix
+    import torch
+    with torch.no_grad():
+        want, _ = enc.prefix({k: v[:3] for k, v in exp.data.inputs("accel").items()})
+    torch.testing.assert_close(exp.data.tensors["accel"]["tokens"][:3].float(), want, rtol=2e-3, atol=2e-3)
+    # a new session in the same run folder reloads the fitted weights (no refit)
+    again = Experiment(cfg, tmp_path / "run")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmcl"):
+        again._fit_encoders()
+    assert any("loaded the accel encoder fitted on task 1" in m for m in caplog.messages)
+    for k, v in again.model.encoders["accel"].state_dict().items():
+        assert torch_equal(v, enc.state_dict()[k])
+    with pytest.raises(ConfigError, match="encoder 'vit_video' cannot be fitted"):
+        build_config("uestc-mmea", {**o, "encoders.video.fit": "first_task"})
+
+
+def torch_equal(a, b):
+    import torch
+    return torch.equal(a.cpu(), b.cpu())

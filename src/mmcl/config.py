@@ -87,6 +87,10 @@ class EncoderConfig:
         "where weights come from: 'package' (weights shipped in a pip package), a local "
         "folder or file, a Hugging Face id (hf_text; read from the local Hugging Face cache, "
         "downloaded only when MMCL_DOWNLOAD=1), or 'random' (tiny random config, tests)", "package")
+    fit: str = doc("imu only: 'none' (frozen at its weights: seeded random for source=random) or 'first_task' "
+                   "(trained with a linear head on task 1's training data before task 1, then frozen; the "
+                   "weights are saved in the run folder as fitted_<modality>.safetensors) [C]", "none")
+    fit_epochs: int = doc("epochs of the 'first_task' fit (AdamW, train.lr, train.batch_size)", 10)
     width: int = doc("hidden width of the 'random' config (tests); ignored otherwise", 32)
     layers: int = doc("layer count of the 'random' config (tests); ignored otherwise", 3)
 
@@ -575,7 +579,8 @@ _MINIMUM = {
     "method.dualprompt_g_length": 1, "method.dualprompt_e_length": 1, "method.dualprompt_g_blocks": 0,
     "method.coda_components": 1, "method.coda_length": 1, "method.coda_ortho": 0.0,
 }
-_MINIMUM.update({f"encoders.{m}.{k}": 1 for m in MODALITY_TYPES for k in ("width", "layers")})
+_MINIMUM.update({f"encoders.{m}.{k}": 1 for m in MODALITY_TYPES for k in ("width", "layers", "fit_epochs")})
+_CHOICES.update({f"encoders.{m}.fit": ("none", "first_task") for m in MODALITY_TYPES})
 _MINIMUM["encoders.text.width"] = 2
 # key -> value it must exceed
 _ABOVE = {"train.lr": 0.0, "data.max_speech_seconds": 0.0, "loss.distil_T": 0.0, "loss.align_tau": 0.0,
@@ -612,6 +617,10 @@ def _check_registered(cfg: Config) -> None:
             raise ConfigError(f"config key {key}='{name}' is not a registered {kind}."
                               f"{_did_you_mean(name, table)} Known: {', '.join(sorted(table))} "
                               f"(`mmcl list` describes them)")
+        if kind == "encoder" and getattr(cfg.encoders, key.split(".")[1]).fit != "none" \
+                and not getattr(table[name], "fittable", False):
+            raise ConfigError(f"config key encoders.{key.split('.')[1]}.fit: encoder '{name}' cannot be fitted "
+                              "(pre-trained encoders stay frozen; only imu encoders can be trained on task 1)")
         takes, slot = getattr(table[name], "modality", None), key.split(".")[1]
         if kind == "encoder" and takes and takes != MODALITY_TYPES[slot]:
             fits = sorted(n for n, c in table.items() if getattr(c, "modality", None) == MODALITY_TYPES[slot])

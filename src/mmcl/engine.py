@@ -43,7 +43,8 @@ from tqdm import tqdm
 from mmcl import __version__, metrics, registry
 from mmcl.config import Config, to_dict, to_yaml
 from mmcl.distributed import Dist, from_env, shard_bounds
-from mmcl.io import (CheckpointError, CheckpointStore, CheckpointWriteError, WriteError, atomic_write_text,
+from mmcl.io import (CheckpointError, CheckpointStore, CheckpointWriteError, WriteError, atomic_write_bytes,
+                     atomic_write_text,
                      parse_checkpoint, save_checkpoint, write_json, write_jsonl)
 from mmcl.methods.base import Method
 from mmcl.model.mmencoder import MMModel
@@ -555,6 +556,7 @@ class Experiment:
                 atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             self._on_main("write the run folder", start)
         p = self.progress
+        self._fit_encoders()
         self._on_main("write metrics.jsonl", lambda: write_jsonl(metrics_path, p.records))
         log.info("run %s: %d tasks, %s-incremental, modalities %s, %d/%d/%d samples (prepared in %.1fs)%s",
                  self.run_dir, T, self.scenario.kind, ",".join(cfg.data.modalities),
@@ -591,6 +593,42 @@ class Experiment:
         if self.dist.is_main:
             self._write_report()
         return results
+
+    def _fit_encoders(self) -> None:
+        """encoders.<m>.fit=first_task: train that encoder on task 1 before the method starts (or
+        reload the weights this run folder saved), then serve the data with the fitted encoder."""
+        from safetensors.torch import load_file, save
+        from mmcl.encoders.fit import fit_first_task, fit_key
+        task = self.scenario.tasks[0]
+        for m in self.cfg.data.modalities:
+            if getattr(self.cfg.encoders, m).fit != "first_task":
+                continue
+            enc = self.model.encoders[m]
+            key = fit_key(enc, self.cfg, m, task.classes)
+            path = self.run_dir / f"fitted_{m}.safetensors"
+            blob = to_save = None
+            if self.dist.is_main:
+                if path.exists() and _safetensors_meta(path).get("fit_key") == key:
+                    enc.load_state_dict(load_file(str(path)))
+                    log.info("loaded the %s encoder fitted on task 1 from %s", m, path)
+                else:
+                    idx = torch.as_tensor(task.train, dtype=torch.long)
+                    rows = self.data.rows[m].index_select(0, idx)
+                    inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
+                    fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
+                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()})
+                if not path.exists() or _safetensors_meta(path).get("fit_key") != key:
+                    to_save = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
+                                   metadata={"fit_key": key})
+            self._on_main(f"save the fitted {m} encoder",
+                          lambda: to_save is not None and atomic_write_bytes(path, to_save))
+            if self.dist.enabled:  # every rank serves the data with rank 0's weights
+                from safetensors.torch import load as load_bytes
+                enc.load_state_dict(load_bytes(self.dist.broadcast_bytes(blob, self.device)))
+            enc.to(self.device)
+            self.data.reencode(m, enc)
+            if hasattr(self.method, "_table"):
+                self.method._table = None  # prompt queries come from the encoders: recompute
 
     def _write_report(self) -> None:
         try:
@@ -639,6 +677,15 @@ class Experiment:
         save_checkpoint(stem, {**model_state, **{f"method.{k}": v for k, v in tensors.items()}},
                         {"format": "mmcl-checkpoint-1", "method": meta, "classifier_heads": heads,
                          "config": self.cfg_dict})
+
+
+def _safetensors_meta(path: Path) -> dict:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # a damaged file is refitted
+        return {}
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, fresh: bool = False) -> dict:

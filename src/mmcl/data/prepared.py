@@ -103,11 +103,36 @@ def _read_records(path: Path) -> dict:
     return meta
 
 
+_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_, "U8": np.uint8,
+                 "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
+
+
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A cache file's tensors, memory-mapped (copy-on-write): a cache larger than RAM (video
+    data sets: tens of GB of prefix tokens) is paged in by the OS as batches touch its rows,
+    and several runs on one machine share the pages. Falls back to reading the whole file for
+    dtypes NumPy lacks (bf16)."""
     from safetensors.torch import load_file
     try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for damaged files
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        if any(h["dtype"] not in _NUMPY_DTYPES for h in header.values()):
+            return load_file(str(path))
+        out = {}
+        for name, h in header.items():
+            begin, end = h["data_offsets"]
+            dtype, shape = _NUMPY_DTYPES[h["dtype"]], tuple(h["shape"])
+            if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
+                raise ValueError(f"tensor {name}: {end - begin} bytes for shape {shape}")
+            if end == begin:
+                out[name] = torch.from_numpy(np.zeros(shape, dtype=dtype))
+                continue
+            arr = np.memmap(path, dtype=dtype, mode="c", offset=8 + n + begin, shape=shape)
+            out[name] = torch.from_numpy(arr)
+        return out
+    except Exception as e:  # damaged header, truncated file, ...
         raise DataError(f"cannot read cached file {path}: {e}. Delete the folder {path.parent} "
                         "and prepare again.") from e
 
@@ -403,18 +428,36 @@ class PreparedData:
         # Per-row valid lengths let batch() trim padding to the longest sample it holds.
         self._lengths: dict[str, torch.Tensor | None] = {}
         self._trim_keys: dict[str, set[str]] = {}
-        for m, ts in tensors.items():
-            n_rows = next(iter(ts.values())).shape[0]
-            if int(self.rows[m].max()) >= n_rows:
-                raise DataError(f"cached {m} tensors in {folder} have {n_rows} rows, fewer than "
-                                f"records.json refers to: delete {folder} and prepare again")
-            mkey = _mask_key(ts)
-            if mkey is None:
-                self._lengths[m], self._trim_keys[m] = None, set()
-                continue
-            n = ts[mkey].shape[1]
-            self._lengths[m] = valid_lengths(ts[mkey])
-            self._trim_keys[m] = {k for k, v in ts.items() if v.dim() >= 2 and v.shape[1] == n}
+        for m in tensors:
+            self._index_lengths(m)
+
+    def _index_lengths(self, m: str) -> None:
+        ts = self.tensors[m]
+        n_rows = next(iter(ts.values())).shape[0]
+        if int(self.rows[m].max()) >= n_rows:
+            raise DataError(f"cached {m} tensors in {self.folder} have {n_rows} rows, fewer than "
+                            f"records.json refers to: delete {self.folder} and prepare again")
+        mkey = _mask_key(ts)
+        if mkey is None:
+            self._lengths[m], self._trim_keys[m] = None, set()
+            return
+        n = ts[mkey].shape[1]
+        self._lengths[m] = valid_lengths(ts[mkey])
+        self._trim_keys[m] = {k for k, v in ts.items() if v.dim() >= 2 and v.shape[1] == n}
+
+    def inputs(self, m: str) -> dict[str, torch.Tensor]:
+        """The encoder inputs of modality m for every row (from the cache when prefixes are served)."""
+        if not self.use_prefix:
+            return self.tensors[m]
+        if self.folder is None:
+            raise DataError(f"no cache folder to read the {m} inputs from")
+        return _load_tensors(self.folder / f"inputs_{m}.safetensors")
+
+    def reencode(self, m: str, enc, chunk: int = 256) -> None:
+        """After enc changed (encoders.<m>.fit): recompute m's cached prefix tokens in memory."""
+        if self.use_prefix:
+            self.tensors[m] = _prepare_prefix(enc, self.inputs(m), m, chunk, show=False)
+            self._index_lengths(m)
 
     @classmethod
     def from_folder(cls, folder: str | Path, modalities: Iterable[str], use_prefix: bool,

@@ -2,7 +2,8 @@
 
 No public pre-trained IMU model exists, so ``source=random`` (the default) builds a seeded
 random model that stays frozen like every other encoder: the adapters and heads learn on top of
-random features (an honest baseline; see docs/datasets.md). ``source`` may instead name a file
+random features (see docs/datasets.md). ``encoders.<m>.fit=first_task`` instead trains it on
+task 1 and then freezes it (mmcl.encoders.fit). ``source`` may instead name a file
 (``torch.save`` of this module's ``state_dict()``, loaded with ``weights_only=True``), e.g. one
 trained on another data set.
 
@@ -54,6 +55,7 @@ class IMUEncoder(BlockEncoder):
 
     modality = "sensor"
     input_keys = ("signal",)
+    fittable = True  # encoders.<m>.fit=first_task may train it on task 1 (mmcl.encoders.fit)
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):
         super().__init__(num_blocks)
