@@ -15,7 +15,8 @@ from PIL import Image
 import mmcl
 from mmcl.cli import main as cli_main
 from mmcl.config import build_config
-from mmcl.data.clips import decode_uestc_imu, shipped_split
+from mmcl.data.clips import shipped_split
+from mmcl.data.uestc_mmea import decode_uestc_imu
 from mmcl.data.media import decode_video, frame_positions, median_filter
 from mmcl.data.prepared import DataError, prepare
 from mmcl.encoders import build_encoder
@@ -219,7 +220,7 @@ def uestc_tree(root, labels=(0, 1), per_split=(4, 1, 1)):
 
 
 def test_uestc_mmea_prepares_and_trains(tmp_path):
-    lines = uestc_tree(tmp_path / "uestc")
+    uestc_tree(tmp_path / "uestc")
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "uestc"), "data.classes": ["upstairs", "downstairs"],
                           "scenario.num_tasks": 2})
     cfg, data = prepared("uestc-mmea", o)
@@ -343,3 +344,35 @@ def test_imu_encoder_fitted_on_task_1_then_frozen(tmp_path, caplog):
 def torch_equal(a, b):
     import torch
     return torch.equal(a.cpu(), b.cpu())
+
+
+def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch):
+    import mmcl.data.clips as clips
+    import mmcl.data.prepared as prep
+    written = ave_tree(tmp_path / "AVE_Dataset")
+    o = tiny(tmp_path, **{"data.root": str(tmp_path / "AVE_Dataset"), "data.classes": ["Cat", "Goat"],
+                          "scenario.num_tasks": 2, "data.on_missing": "skip"})
+    cfg = build_config("ave", o)
+    encoders = {m: build_encoder(m, cfg) for m in cfg.data.modalities}
+    monkeypatch.setattr(prep, "SHARD_ROWS", 4)
+    decoded, real, interrupt = [], clips._decode_clip, [True]
+
+    def counting(source, *a, **k):
+        decoded.append(source)
+        if len(decoded) == 7 and interrupt and interrupt.pop():
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second part (once)
+        return real(source, *a, **k)
+    monkeypatch.setattr(clips, "_decode_clip", counting)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, encoders, progress=False, workers=1, chunk_size=2)
+    folder = prep.cache_folder(cfg, encoders)
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["video-000000000.safetensors"]
+    decoded.clear()
+    data = prepare(cfg, encoders, progress=False, workers=1, chunk_size=2)
+    assert len(decoded) == len(written) - 4  # the saved part is not decoded again
+    assert not (folder / "parts").exists()  # merged, then removed
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(clips, "_decode_clip", real)
+    _, whole = prepared("ave", {**o, "data.cache_dir": str(fresh)})
+    for k, v in whole.tensors["video"].items():  # resumed == prepared in one go
+        assert torch_equal(v, data.tensors["video"][k])

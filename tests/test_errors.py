@@ -367,7 +367,9 @@ def test_cache_write_failure_keeps_complete_files(stamps, tmp_path, capsys, monk
     assert f"cannot write the data cache file {folder / 'inputs_speech.safetensors'}" in msg
     assert "No space left on device" in msg and "data.cache_dir" in msg
     assert sorted(p.name for p in folder.iterdir()) == [
-        "inputs_text.safetensors", "prefix_text.safetensors", "records.json"]
+        "inputs_text.safetensors", "parts", "prefix_text.safetensors", "records.json"]
+    # the decoded speech rows were saved as a part: the next run merges them, decoding nothing
+    assert [p.name for p in (folder / "parts").iterdir()] == ["speech-000000000.safetensors"]
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     monkeypatch.setattr(TuxPaint, "index", lambda self: pytest.fail("indexed again"))
     code, err = cli(capsys, "prepare", "tuxpaint", o)

@@ -134,3 +134,37 @@ def test_mmcl_prepare_caches_a_manifest_and_the_run_reuses_it(tmp_path, capsys):
     exp = Experiment(build_config("manifest", o))
     assert len(exp.data) == len(rows)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing prepared again
+
+
+def test_manifest_with_video_and_sensor_columns(tmp_path):
+    """video (an mp4, or a folder of frames) + accel (a CSV table) rows train end to end."""
+    from test_datasets import write_mp4
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, name in enumerate(CLASSES[:2]):
+        for k in range(6):
+            if k % 2:
+                video = f"frames/{name}{k}"
+                (root / video).mkdir(parents=True)
+                for i in range(5):
+                    Image.fromarray(np.full((24, 32, 3), 60 * c + i, np.uint8)).save(root / video / f"{i:06d}.jpg")
+            else:
+                video = f"video/{name}{k}.mp4"
+                write_mp4(root / video, n_frames=6, level=60 * c, audio=False, size=(24, 32))
+            (root / "imu").mkdir(exist_ok=True)
+            table = rng.normal(size=(40 + k, 3)) + c
+            np.savetxt(root / "imu" / f"{name}{k}.csv", table, delimiter=",", header="x,y,z", comments="")
+            rows.append({"video": video, "accel": f"imu/{name}{k}.csv", "label": name, "group": f"{name}{k}"})
+    manifest = write_csv(root / "clips.csv", rows)
+    o = overrides(manifest, tmp_path, **{"data.modalities": ["video", "accel"], "data.video_frames": 3,
+                                         "encoders.video.source": "random", "encoders.video.width": 32,
+                                         "encoders.video.layers": 2, "encoders.accel.width": 32,
+                                         "encoders.accel.layers": 2, "data.sensor_length": 48,
+                                         "data.sensor_window": 8, "model.blocks": 2})
+    results = mmcl.run("manifest", o, run_dir=tmp_path / "run")
+    assert [len(t["classes"]) for t in results["tasks"]] == [1, 1]
+    exp = Experiment(build_config("manifest", o))
+    assert exp.data.tensors["video"]["tokens"].shape[0] == 12  # one row per clip
+    inputs = exp.data.inputs("accel")["signal"]
+    assert inputs.shape == (12, 48, 3)  # header line skipped, resampled to sensor_length

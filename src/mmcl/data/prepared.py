@@ -11,6 +11,10 @@ the inputs and every used encoder's ``identity()``::
 
     records.json               samples (class, domain, row per modality) and their sources
     inputs_<mod>.safetensors   the encoder's preprocess output for every row
+    parts/<mod>-<row>.*        while a modality is decoded: every SHARD_ROWS rows as they are
+                               done (an interrupted preparation resumes from them); merged
+                               into inputs_<mod> and removed at the end
+    unreadable_<mod>.json      rows whose file could not be decoded (data.on_missing=skip)
     prefix_<mod>.safetensors   {"tokens": fp16 (R, N, D), "mask": bool (R, N) when masked}
 
 Each file is written atomically (temporary name in the same folder, then ``os.replace``), so
@@ -222,40 +226,71 @@ def _encoder_device(enc) -> torch.device:
 
 
 # -- the two preparation steps ----------------------------------------------------------------
+SHARD_ROWS = 2048  # rows decoded between two saved parts: an interrupted preparation loses less
+
+
 def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, workers: int,
-                    show: bool, skip_bad: bool = False) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+                    show: bool, skip_bad: bool = False, parts: Path | None = None,
+                    shard_rows: int | None = None) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
     """-> (the encoder's inputs for every source row, {row: message} of unreadable files).
     With skip_bad, an unreadable file's row holds a copy of a readable item (never used: its
-    samples are left out of every split) and preparation goes on; else the DataError stops it."""
+    samples are left out of every split) and preparation goes on; else the DataError stops it.
+    With ``parts`` (a folder), every ``shard_rows`` rows are saved there as they are done, and
+    parts already there are loaded instead of decoded again (resume after an interruption)."""
     from tqdm import tqdm
-    outs, raws, bad = [], [], {}
-    fallback = None  # a readable raw item, stands in for unreadable ones
+    shard_rows = max(shard_rows or SHARD_ROWS, chunk)
+    outs, bad = [], {}
+    state = {"fallback": None}  # a readable raw item, stands in for unreadable ones
     pooled = decoder is not None and workers > 1
     threads = (os.cpu_count() or 1) - workers if pooled else torch.get_num_threads()
     if skip_bad and decoder is not None:
         import functools
         decoder = functools.partial(_guarded, decoder)
+    with tqdm(total=len(sources), desc=f"decode {mod}", unit="item", disable=not show) as bar, \
+            _torch_threads(threads):
+        for first in range(0, len(sources), shard_rows):
+            shard = sources[first:first + shard_rows]
+            part = parts / f"{mod}-{first:09d}.safetensors" if parts is not None else None
+            part_bad = parts / f"{mod}-{first:09d}.unreadable.json" if parts is not None else None
+            if part is not None and part.exists():
+                outs.append(_load_tensors(part))
+                if part_bad.exists():
+                    bad.update({int(r): m for r, m in json.loads(part_bad.read_text(encoding="utf-8")).items()})
+                bar.update(len(shard))
+                continue
+            out, shard_bad = _decode_shard(enc, decoder, shard, first, mod, chunk, workers, bar, state)
+            if part is not None:
+                parts.mkdir(parents=True, exist_ok=True)
+                if shard_bad:  # before the part: a part on disk always has its list
+                    _atomic_write_json(part_bad, {str(r): m for r, m in shard_bad.items()})
+                _atomic_save_tensors(part, out)
+            outs.append(out)
+            bad.update(shard_bad)
+    return _cat_padded(outs), bad
+
+
+def _decode_shard(enc, decoder, sources: Sequence, first: int, mod: str, chunk: int, workers: int,
+                  bar, state: dict) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+    outs, raws, bad = [], [], {}
 
     def flush():
-        outs.append(enc.preprocess([fallback if isinstance(r, _Bad) else r for r in raws]))
+        outs.append(enc.preprocess([state["fallback"] if isinstance(r, _Bad) else r for r in raws]))
         bar.update(len(raws))
         raws.clear()
 
-    with tqdm(total=len(sources), desc=f"decode {mod}", unit="item", disable=not show) as bar, \
-            _torch_threads(threads):
-        for row, raw in enumerate(_decode_iter(decoder, sources, workers)):
-            if isinstance(raw, _Bad):
-                bad[row] = str(raw)
-            elif fallback is None:
-                fallback = raw
-            raws.append(raw)
-            if len(raws) >= chunk and fallback is not None:
-                flush()
-        if raws and fallback is None:
-            raise DataError(f"no {mod} file of data set could be read ({len(bad)} tried); the first: "
-                            f"{next(iter(bad.values()))}")
-        if raws:
+    for row, raw in enumerate(_decode_iter(decoder, sources, workers), first):
+        if isinstance(raw, _Bad):
+            bad[row] = str(raw)
+        elif state["fallback"] is None:
+            state["fallback"] = raw
+        raws.append(raw)
+        if len(raws) >= chunk and state["fallback"] is not None:
             flush()
+    if raws and state["fallback"] is None:
+        raise DataError(f"no {mod} file could be read (rows {first}-{first + len(sources) - 1}, "
+                        f"{len(bad)} tried); the first: {next(iter(bad.values()))}")
+    if raws:
+        flush()
     return _cat_padded(outs), bad
 
 
@@ -368,7 +403,8 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
             t0 = time.perf_counter()
             try:
                 inputs, bad = _prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,
-                                              chunk_size, workers, show, skip_bad=skip_bad)
+                                              chunk_size, workers, show, skip_bad=skip_bad,
+                                              parts=folder / "parts")
             except DataError as e:
                 # The index lists every file: a stamp removed from disk is still in it.
                 raise DataError(f"{e} (Note: {records_path} lists the files indexed for this "
@@ -380,6 +416,10 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
             else:
                 bad_path.unlink(missing_ok=True)
             _atomic_save_tensors(in_path, inputs)
+            for f in (folder / "parts").glob(f"{mod}-*"):  # merged into in_path
+                f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone once every modality is merged
+                (folder / "parts").rmdir()
             timings[f"inputs_{mod}_s"] = time.perf_counter() - t0
         if data.cache_prefix and not pre_path.exists():
             t0 = time.perf_counter()

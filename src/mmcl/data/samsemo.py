@@ -1,0 +1,123 @@
+"""SAMSEMO: emotion in movie utterances in five languages (video frames + audio + transcript),
+domain-incremental by language; the release's samsemo.tsv and split lists."""
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import re
+from pathlib import Path
+from typing import Callable
+
+from mmcl.data.clips import ClipDataset, _decode_clip
+from mmcl.data.prepared import DataError
+from mmcl.encoders._weights import file_stamp
+from mmcl.registry import register_dataset
+
+log = logging.getLogger(__name__)
+
+SAMSEMO_LANGUAGES = ("EN", "DE", "ES", "PL", "KO")
+SAMSEMO_EMOTIONS = ("anger", "happiness", "sadness", "surprise", "neutral")
+_EMOTION_WORDS = {"angry": "anger", "happy": "happiness", "joy": "happiness", "sad": "sadness",
+                  "surprised": "surprise", "neutrality": "neutral"}
+
+
+def parse_emotions(cell: str) -> list[str]:
+    """'happiness, surprise' / "['Happy', 'Surprise']" -> ['happiness', 'surprise']."""
+    words = [w for w in re.split(r"[^a-zA-Z]+", str(cell or "").lower()) if w]
+    out = []
+    for w in words:
+        w = _EMOTION_WORDS.get(w, w)
+        if w not in out:
+            out.append(w)
+    return out
+
+
+@register_dataset("samsemo")
+class SAMSEMO(ClipDataset):
+    """SAMSEMO: emotion of movie utterances in EN, DE, ES, PL, KO; video frames + audio + transcript."""
+
+    modalities = ("video", "audio", "text")
+    CLASSES = SAMSEMO_EMOTIONS
+    ENV = "MMCL_SAMSEMO_ROOT"
+    LAYOUT = ("samsemo.tsv, <LANG>/<utterance_id>/{audio.wav, image_*.jpg} (the unzipped data/<LANG>.zip), "
+              "optional splits/{train,valid,test}_split_<LANG>.txt")
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.data.domains) or list(SAMSEMO_LANGUAGES)
+
+    @property
+    def tsv(self) -> Path:
+        return self.root / "samsemo.tsv"
+
+    def list_stamps(self) -> list[str]:
+        return [file_stamp(p) for p in [self.tsv, *sorted((self.root / "splits").glob("*.txt"))] if p.is_file()]
+
+    def official_splits(self) -> dict[str, str]:
+        """{utterance id: train|val|test} from splits/*_split_<LANG>.txt (empty: none shipped)."""
+        out = {}
+        for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+            for path in sorted((self.root / "splits").glob(f"{name}_split_*.txt")):
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    if line.strip():
+                        out.setdefault(line.strip(), split)
+        return out
+
+    def items(self) -> list[dict]:
+        if not self.tsv.is_file():
+            raise DataError(f"samsemo: {self.tsv} is missing (expected {self.LAYOUT})")
+        with open(self.tsv, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        need = ["utterance_id", "language", "aggregated_emotions"]
+        text_col = next((c for c in ("transcript", "text") if rows and c in rows[0]), None)
+        missing = [c for c in need if not rows or c not in rows[0]] + ([] if text_col else ["transcript"])
+        if missing:
+            raise DataError(f"samsemo: {self.tsv} has no column {', '.join(missing)} "
+                            f"(columns: {', '.join(rows[0]) if rows else 'none'})")
+        splits = self.official_splits()
+        classes, rule = self.classes, self.data.multi_label
+        out = []
+        self.left_out = {"no listed emotion": 0, "several listed emotions": 0, "not in the split lists": 0}
+        for n, row in enumerate(rows, 2):
+            uid, lang = row["utterance_id"].strip(), row["language"].strip().upper()
+            if lang not in self.domains:
+                continue
+            emotions = parse_emotions(row["aggregated_emotions"])
+            unknown = [e for e in emotions if e not in _ALL_EMOTIONS]
+            if unknown:
+                raise DataError(f"samsemo: {self.tsv}, line {n} ({uid}): emotion '{unknown[0]}' is not one "
+                                f"of {', '.join(_ALL_EMOTIONS)}")
+            listed = [e for e in emotions if e in classes]
+            if not listed:
+                self.left_out["no listed emotion"] += 1
+                continue
+            if len(listed) > 1 and rule == "drop":
+                self.left_out["several listed emotions"] += 1
+                continue
+            if splits and uid not in splits:
+                self.left_out["not in the split lists"] += 1
+                continue
+            folder = self.existing([self.root / lang / uid, self.root / uid], "utterance folder", uid)
+            files = {"text": row[text_col] or ""}
+            if folder is not None:
+                files["video"] = folder
+                files["audio"] = self.existing([Path(folder) / "audio.wav"], "audio.wav", uid)
+            out.append({"id": uid, "label": listed[0], "split": splits.get(uid, ""), "domain": lang,
+                        "group": row.get("movie_title") or uid, "files": files})
+        if any(self.left_out.values()):
+            log.info("samsemo: left out %s (data.multi_label=%s)", self.left_out, rule)
+        return out
+
+    def decoder(self, modality: str) -> Callable | None:
+        if modality == "video":
+            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=self.hints(),
+                                     pattern="image")
+        if modality == "audio":
+            return self.audio_decoder()
+        if modality == "text":
+            return None
+        raise self._unknown_modality(modality)
+
+
+_ALL_EMOTIONS = SAMSEMO_EMOTIONS + ("fear", "disgust", "contempt", "other", "none")
