@@ -209,6 +209,12 @@ def measure(scale: str, args, device) -> dict:
             out["dense"], out["dense_peak_mb"] = timed(method_step, args.reps, args.warmup, device)
             break
         out["method"], out["method_peak_mb"] = timed(method_step, args.reps, args.warmup, device)
+        # FLOPs of one step (matmuls, convolutions, attention: what torch's FlopCounterMode
+        # counts; recurrent layers are not counted) -> achieved TFLOP/s and share of a peak.
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter:
+            method_step()
+        out["method_flops"] = float(counter.get_total_flops())
         biases = {m: [torch.zeros(d, device=device, requires_grad=True) for d in model.encoders[m].dims]
                   for m in model.modalities}
 
@@ -248,6 +254,10 @@ def measure(scale: str, args, device) -> dict:
     out["load/method"] = out["load"] / out["method"]
     out["prefix/(prefix+forward)"] = out["prefix"] / (out["prefix"] + out["forward"])
     out["peak_rss_mb"] = peak_rss_mb()
+    out["method_samples_per_s"] = out["current_rows"] / out["method"]  # current-task samples trained per second
+    out["method_tflop_per_s"] = out["method_flops"] / out["method"] / 1e12
+    if args.peak_tflops:
+        out["method_share_of_peak"] = out["method_tflop_per_s"] / args.peak_tflops
     return out
 
 
@@ -293,7 +303,14 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['scale']} | {r['precision']} | {r['rows']} | " + " | ".join(ms)
                      + f" | {r['method/floor']:.3f} | {r['predict/forward']:.3f} | {r['dense/method']:.3f} "
                      f"| {r['load/method']:.4f} | {r['peak_rss_mb']:.0f} |")
-    return "\n".join(lines) + "\n(times: ms per sample, median)"
+    lines.append("(times: ms per sample, median)\n")
+    for r in results:
+        share = (f", {100 * r['method_share_of_peak']:.1f} % of the given peak"
+                 if "method_share_of_peak" in r else " (pass --peak-tflops for the share of peak)")
+        lines.append(f"{r['scale']} {r['precision']}: method step {r['method_flops'] / 1e9:.1f} GFLOP counted, "
+                     f"{r['method_tflop_per_s']:.3f} TFLOP/s{share}, {r['method_samples_per_s']:.1f} "
+                     "current samples/s (plus as many memory rows)")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -307,6 +324,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every scale, e.g. adapter.dim=64")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="the device's peak TFLOP/s at this precision (e.g. 989 for an H100 SXM in bf16 "
+                         "dense): report the method step's share of it")
     ap.add_argument("--stream", action="store_true", help="only the 10-task synthetic stream")
     ap.add_argument("--stream-steps", type=int, default=20)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "step_cost.json"))

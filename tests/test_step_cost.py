@@ -21,13 +21,17 @@ def step_cost():
 def test_step_cost_measures_every_mode(step_cost, tmp_path, capsys):
     out = tmp_path / "sc.json"
     assert step_cost.main(["--scales", "tiny", "--reps", "1", "--warmup", "0", "--batch", "2",
-                           "--threads", "1", "--out", str(out)]) == 0
+                           "--threads", "1", "--peak-tflops", "1.0", "--out", str(out)]) == 0
     r = json.loads(out.read_text())["results"][0]
     assert r["rows"] == 4 and r["current_rows"] == 2  # current + memory rows at task 2
     for k in ("forward", "floor", "method", "predict", "dense", "prefix", "load"):
         assert r[f"{k}_ms_per_sample"] > 0
     assert r["method/floor"] == pytest.approx(r["method"] / r["floor"])
     assert "method/floor" in capsys.readouterr().out
+    # the ViT/AST step's matmul FLOPs are counted -> achieved TFLOP/s and share of the given peak
+    assert r["method_flops"] > 1e6
+    assert r["method_tflop_per_s"] == pytest.approx(r["method_flops"] / r["method"] / 1e12)
+    assert r["method_share_of_peak"] == pytest.approx(r["method_tflop_per_s"] / 1.0)
 
 
 def test_step_cost_stream_covers_ten_tasks(step_cost, tmp_path):

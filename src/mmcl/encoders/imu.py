@@ -51,7 +51,7 @@ def resample(x: np.ndarray, length: int) -> np.ndarray:
 
 @register_encoder("imu")
 class IMUEncoder(BlockEncoder):
-    """Small transformer over windows of a 3-axis sensor (random frozen unless a weight file is given)."""
+    """Small transformer over windows of a 3-axis sensor (frozen random, a weight file, or fitted on task 1)."""
 
     modality = "sensor"
     input_keys = ("signal",)
