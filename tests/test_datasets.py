@@ -69,6 +69,11 @@ def tiny(tmp_path, **extra):
             "run.progress": "never", **extra}
 
 
+def kept_ids(data):
+    """Ids of the samples the splits use (not left out for a missing or unreadable file)."""
+    return sorted(data.records[i]["id"] for i in np.concatenate(list(data.split(0).values())))
+
+
 def prepared(preset, overrides):
     cfg = build_config(preset, overrides)
     return cfg, prepare(cfg, {m: build_encoder(m, cfg) for m in cfg.data.modalities}, progress=False, workers=1)
@@ -126,9 +131,13 @@ def test_ave_prepares_and_trains_from_the_release_layout(tmp_path, caplog):
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "AVE_Dataset"), "data.classes": ["Cat", "Goat"],
                           "scenario.num_tasks": 2, "data.on_missing": "skip"})
     cfg, data = prepared("ave", o)
-    assert len(data) == len(written) == 12
-    assert {r["id"]: (r["split"], r["class_name"]) for r in data.records} == {v: (s, c) for v, s, c in written}
-    assert data.info["missing_files"] and all("video" in m for m in data.info["missing_files"])  # the rest of the list
+    # every listed video of the two classes is indexed; those not in the tree are left out (skip)
+    assert kept_ids(data) == sorted(v for v, _, _ in written) and len(written) == 12
+    assert {r["id"]: (r["split"], r["class_name"]) for r in data.records if r["id"] in kept_ids(data)} == \
+        {v: (s, c) for v, s, c in written}
+    missing = len(data) - len(written)
+    assert missing > 100 and len(data.info["missing_files"]) == missing == len(data.excluded)
+    assert len(data.unreadable) == missing  # each missing mp4 counted once (video and its audio track)
     splits = data.split(0)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]  # the shipped split, not the seed's
     i0 = next(r["index"] for r in data.records if r["id"] == vid0)
@@ -149,13 +158,11 @@ def test_corrupt_video_is_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(DataError, match=f"cannot decode video {bad}: .*on_missing=skip"):
         _fail_on_decode(o, bad)
     cfg, data = prepared("ave", {**o, "data.on_missing": "skip"})
-    # the video and the audio track of the same file: 2 unreadable files, 1 sample left out
-    assert len(data.excluded) == 1 and all(str(bad) in m for m in data.unreadable)
-    kept = np.concatenate(list(data.split(0).values()))
-    assert data.records[next(iter(data.excluded))]["id"] == written[3][0]
-    assert len(kept) == len(written) - 1 and next(iter(data.excluded)) not in kept
+    # the corrupt file is left out with the missing ones; its video and audio track count once
+    assert kept_ids(data) == sorted(v for v, _, _ in written if v != written[3][0])
+    assert len([m for m in data.unreadable if str(bad) in m]) == 1
     listed = json.loads((data.folder / "unreadable_video.json").read_text())
-    assert len(listed) == 1 and str(bad) in next(iter(listed.values()))
+    assert sum(str(bad) in m for m in listed.values()) == 1
 
 
 def _fail_on_decode(o, bad):
@@ -189,7 +196,7 @@ def test_kinetics_sounds_reads_kinetics_file_names(tmp_path):
     results = mmcl.run("kinetics-sounds", o, run_dir=tmp_path / "run")
     assert len(results["accuracy_matrix"]) == 2
     cfg, data = prepared("kinetics-sounds", o)
-    assert sorted(r["id"] for r in data.records) == sorted(written)
+    assert kept_ids(data) == sorted(written)
 
 
 # -- UESTC-MMEA-CL --------------------------------------------------------------------------------
@@ -277,8 +284,19 @@ def test_samsemo_domain_incremental_by_language(tmp_path):
     assert [len(v) for v in data.split(0).values()] == [16, 4, 4]  # the shipped split lists
     results = mmcl.run("samsemo", o, run_dir=tmp_path / "run")
     assert len(results["accuracy_matrix"]) == 2
-    _, first = prepared("samsemo", {**o, "data.multi_label": "first", "data.cache_dir": str(tmp_path / "c1")})
-    assert len(first) == 24  # the mixed one is not in the split lists: still left out
+    # multi_label is part of the cache key: 'first' keeps the mixed utterance as 'happiness'
+    splits = tmp_path / "sam" / "splits" / "train_split_EN.txt"
+    splits.write_text(splits.read_text() + "enmixed_0\n")
+    (tmp_path / "sam" / "EN" / "enmixed_0").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(tmp_path / "sam" / "EN" / "enmixed_0" / f"image_{i}.jpg")
+    sf.write(tmp_path / "sam" / "EN" / "enmixed_0" / "audio.wav", np.zeros(SR // 4, np.float32), SR)
+    _, first = prepared("samsemo", {**o, "data.multi_label": "first"})
+    assert len(first) == 25 and first.info["left_out"]["several listed emotions"] == 0
+    mixed = next(r for r in first.records if r["id"] == "enmixed_0")
+    assert mixed["class_name"] == "happiness" and mixed["split"] == "train"
+    _, dropped = prepared("samsemo", o)
+    assert len(dropped) == 24
 
 
 def test_samsemo_missing_audio_and_unknown_emotion_are_named(tmp_path):
@@ -290,7 +308,8 @@ def test_samsemo_missing_audio_and_unknown_emotion_are_named(tmp_path):
     with pytest.raises(DataError, match=f"audio.wav of {rows[-2]['utterance_id']} is missing .*{wav}"):
         prepared("samsemo", o)
     _, data = prepared("samsemo", {**o, "data.on_missing": "skip"})
-    assert len(data) == 23 and any(str(wav) in m for m in data.info["missing_files"])
+    assert len(kept_ids(data)) == 23 and rows[-2]["utterance_id"] not in kept_ids(data)
+    assert any(str(wav) in m for m in data.info["missing_files"])
     tsv = tmp_path / "sam" / "samsemo.tsv"
     tsv.write_text(tsv.read_text().replace("Sadness\tI feel sadness 3", "Boredom\tI feel sadness 3", 1))
     with pytest.raises(DataError, match=r"samsemo.tsv, line \d+ \(\w+\): emotion 'boredom' is not one of"):
@@ -350,6 +369,11 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
     import mmcl.data.clips as clips
     import mmcl.data.prepared as prep
     written = ave_tree(tmp_path / "AVE_Dataset")
+    have = {v for v, _, _ in written}
+    rows = [r for r in shipped_split("ave.csv") if r["video_id"] in have]  # the list trimmed to the tree
+    monkeypatch.setattr(clips, "shipped_split", lambda name: rows)
+    bad = tmp_path / "AVE_Dataset" / "AVE" / f"{rows[5]['video_id']}.mp4"  # in the second part
+    bad.write_bytes(b"not a video" * 20)
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "AVE_Dataset"), "data.classes": ["Cat", "Goat"],
                           "scenario.num_tasks": 2, "data.on_missing": "skip"})
     cfg = build_config("ave", o)
@@ -359,20 +383,54 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
 
     def counting(source, *a, **k):
         decoded.append(source)
-        if len(decoded) == 7 and interrupt and interrupt.pop():
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the second part (once)
+        if len(decoded) == 10 and interrupt and interrupt.pop():
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third part (once)
         return real(source, *a, **k)
     monkeypatch.setattr(clips, "_decode_clip", counting)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, encoders, progress=False, workers=1, chunk_size=2)
     folder = prep.cache_folder(cfg, encoders)
-    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["video-000000000.safetensors"]
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == [
+        "video-000000000.safetensors", "video-000000004.safetensors", "video-000000004.unreadable.json"]
     decoded.clear()
     data = prepare(cfg, encoders, progress=False, workers=1, chunk_size=2)
-    assert len(decoded) == len(written) - 4  # the saved part is not decoded again
+    assert len(decoded) == 4  # only the third part is decoded again
     assert not (folder / "parts").exists()  # merged, then removed
-    fresh = tmp_path / "fresh"
+    assert kept_ids(data) == sorted(have - {rows[5]["video_id"]})  # the bad file's list survived the resume
     monkeypatch.setattr(clips, "_decode_clip", real)
-    _, whole = prepared("ave", {**o, "data.cache_dir": str(fresh)})
+    _, whole = prepared("ave", {**o, "data.cache_dir": str(tmp_path / "fresh")})
     for k, v in whole.tensors["video"].items():  # resumed == prepared in one go
         assert torch_equal(v, data.tensors["video"][k])
+    assert whole.excluded == data.excluded
+
+
+def test_sensor_tables_bom_headers_and_empty_fields(tmp_path):
+    from mmcl.data.media import read_numeric_table
+    path = tmp_path / "imu.csv"
+    path.write_text("\ufeffx,y,z\n1,2,3\n4,5,6\n", encoding="utf-8")
+    assert read_numeric_table(str(path), 3).tolist() == [[1, 2, 3], [4, 5, 6]]  # BOM + header skipped
+    path.write_text("1 2 3 9\n4 5 6 9\n")
+    assert read_numeric_table(str(path), 3).shape == (2, 3)  # whitespace, first 3 columns
+    path.write_text("1,2,3\n4,,5\n")
+    with pytest.raises(DataError, match=r"cannot decode sensor .*imu.csv: line 2 has an empty field"):
+        read_numeric_table(str(path), 3)
+
+
+def test_samsemo_languages_without_split_lists_are_split_by_the_seed(tmp_path):
+    samsemo_tree(tmp_path / "sam")
+    for f in (tmp_path / "sam" / "splits").glob("*_DE.txt"):
+        f.unlink()
+    o = tiny(tmp_path, **{"data.root": str(tmp_path / "sam"), "data.classes": ["happiness", "sadness"],
+                          "data.domains": ["EN", "DE"], "scenario.num_tasks": 2})
+    _, data = prepared("samsemo", o)
+    splits = data.split(0)
+    where = {data.records[i]["id"]: s for s, idx in splits.items() for i in idx}
+    assert len(where) == 24
+    en = {r["id"]: r["split"] for r in data.records if r["domain"] == 0}
+    assert all(where[i] == s for i, s in en.items())  # EN: the shipped lists
+    de = [data.records[i] for i in range(len(data)) if data.records[i]["domain"] == 1]
+    assert all(not r["split"] for r in de) and {where[r["id"]] for r in de} == {"train", "val", "test"}
+    movies = {}
+    for r in de:  # one movie's utterances stay in one split
+        movies.setdefault(r["stamp"], set()).add(where[r["id"]])
+    assert all(len(v) == 1 for v in movies.values())

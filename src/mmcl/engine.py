@@ -540,7 +540,11 @@ class Experiment:
         results_path = self.run_dir / "results.json"
         loaded = None
         if fresh:
-            self._on_main("clear the run folder's checkpoints", self.store.clear)
+            def clear():
+                self.store.clear()
+                for f in self.run_dir.glob("fitted_*.safetensors"):  # encoders.<m>.fit: fit again
+                    f.unlink(missing_ok=True)
+            self._on_main("clear the run folder's checkpoints", clear)
         else:
             loaded = self._read_checkpoint()
         if loaded is not None:
@@ -604,10 +608,13 @@ class Experiment:
             if getattr(self.cfg.encoders, m).fit != "first_task":
                 continue
             enc = self.model.encoders[m]
-            key = fit_key(enc, self.cfg, m, task.classes)
+            key = fit_key(enc, self.cfg, m, self.data, task.train)
             path = self.run_dir / f"fitted_{m}.safetensors"
-            blob = to_save = None
-            if self.dist.is_main:
+            blob = None
+
+            def fit_or_load():  # rank 0 only; _on_main shares its success or failure with every rank
+                nonlocal blob
+                to_save = None
                 if path.exists() and _safetensors_meta(path).get("fit_key") == key:
                     enc.load_state_dict(load_file(str(path)))
                     log.info("loaded the %s encoder fitted on task 1 from %s", m, path)
@@ -616,12 +623,12 @@ class Experiment:
                     rows = self.data.rows[m].index_select(0, idx)
                     inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
                     fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
-                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()})
-                if not path.exists() or _safetensors_meta(path).get("fit_key") != key:
                     to_save = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
                                    metadata={"fit_key": key})
-            self._on_main(f"save the fitted {m} encoder",
-                          lambda: to_save is not None and atomic_write_bytes(path, to_save))
+                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()})
+                if to_save is not None:
+                    atomic_write_bytes(path, to_save)
+            self._on_main(f"fit the {m} encoder on task 1", fit_or_load)
             if self.dist.enabled:  # every rank serves the data with rank 0's weights
                 from safetensors.torch import load as load_bytes
                 enc.load_state_dict(load_bytes(self.dist.broadcast_bytes(blob, self.device)))

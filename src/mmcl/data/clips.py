@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from mmcl.data.manifest import manifest_split
 from mmcl.data.media import decode_frame_folder, decode_video
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg
@@ -64,6 +63,20 @@ def shipped_split(name: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def listed_or_seeded_split(records: list[dict], fractions, seed: int):
+    """Samples whose record names a split (the release's lists) keep it; the others (e.g. a
+    language without a list) are split by the seed, stratified by class, groups kept together."""
+    import numpy as np
+    from mmcl.data.tuxpaint import split_samples
+    listed = [r for r in records if r.get("split")]
+    rest = [r for r in records if not r.get("split")]
+    out = {s: [r["index"] for r in listed if r["split"] == s] for s in ("train", "val", "test")}
+    if rest:
+        for s, idx in split_samples(rest, fractions, seed).items():
+            out[s].extend(int(i) for i in idx)
+    return {s: np.array(sorted(v), dtype=np.int64) for s, v in out.items()}
+
+
 class ClipDataset:
     """Shared logic; subclasses set ``modalities``, ``CLASSES``, ``ENV``, ``LAYOUT`` and
     implement ``items()`` and ``decoder(modality)``."""
@@ -73,7 +86,7 @@ class ClipDataset:
     DOMAINS: tuple[str, ...] = ("all",)
     ENV = ""
     LAYOUT = ""
-    split_samples = staticmethod(lambda records, fractions, seed: manifest_split(records, fractions, seed))
+    split_samples = staticmethod(lambda records, fractions, seed: listed_or_seeded_split(records, fractions, seed))
 
     def __init__(self, data):
         self.data = data
@@ -102,7 +115,10 @@ class ClipDataset:
         return {"root": str(self.root.resolve()), "classes": self.classes, "domains": self.domains,
                 "image_size": d.image_size, "video_frames": d.video_frames, "sample_rate": d.sample_rate,
                 "max_speech_seconds": d.max_speech_seconds, "max_text_tokens": d.max_text_tokens,
-                "on_missing": d.on_missing, "lists": self.list_stamps()}
+                "lists": self.list_stamps()}
+        # data.on_missing is not in the key: with skip, a missing file's sample stays indexed and
+        # its decoding fails like a corrupt file's (left out, listed), so switching fail -> skip
+        # reuses everything already decoded.
 
     def list_stamps(self) -> list[str]:
         """Size + mtime of the list files read (a changed list re-indexes)."""
@@ -116,15 +132,17 @@ class ClipDataset:
         """[{id, label (class name), split ('' = by seed), domain, group, files: {mod: source}}]"""
         raise NotImplementedError
 
-    def existing(self, candidates, what: str, item: str) -> str | None:
-        """The first existing path among candidates; a missing file -> error or skipped."""
+    def existing(self, candidates, what: str, item: str) -> str:
+        """The first existing path among candidates. None exists: data.on_missing=fail stops
+        here naming them; skip lists it and returns the first (its decoding then fails, and
+        the sample is left out of every split like one with a corrupt file)."""
         for c in candidates:
             if c is not None and os.path.exists(c):
                 return str(c)
         first = next(c for c in candidates if c is not None)
         if self.data.on_missing == "skip":
             self.skipped.append(f"{item}: {what} {first}")
-            return None
+            return str(first)
         tried = ", ".join(str(c) for c in candidates if c is not None)
         raise DataError(f"{self.registered_name}: {what} of {item} is missing (looked for {tried}). "
                         f"Restore it, or run with data.on_missing=skip to leave such samples out.")
@@ -146,8 +164,6 @@ class ClipDataset:
             if it["label"] not in class_id or it["domain"] not in domain_id:
                 continue  # data.classes / data.domains select a subset
             files = it["files"]
-            if any(files.get(m) is None for m in mods):
-                continue  # a missing file, skipped (on_missing=skip) and listed
             i = len(records)
             for m in mods:
                 sources[m].append(files[m])
@@ -156,7 +172,7 @@ class ClipDataset:
                             "stamp": it.get("group") or it["id"], "split": it.get("split", ""),
                             "rows": {m: i for m in mods}})
         if self.skipped:
-            log.warning("%s: %d sample(s) left out for missing files (data.on_missing=skip), e.g. %s",
+            log.warning("%s: %d file(s) missing, their samples will be left out (data.on_missing=skip), e.g. %s",
                         self.registered_name, len(self.skipped), self.skipped[0])
         if not records:
             raise DataError(f"{self.registered_name}: no usable samples under {self.root} for classes "
@@ -227,11 +243,15 @@ class AudioVisualList(ClipDataset):
             vid = row["video_id"]
             if row["label"] not in self.classes:
                 continue
-            video = self.existing([videos.get(vid) or self.root / self.VIDEO_FOLDERS[0] / f"{vid}.mp4"],
-                                  "video", vid)
-            audio = next((str(w / f"{vid}.wav") for w in wavs if (w / f"{vid}.wav").is_file()), video)
+            files = {}
+            wav = next((str(w / f"{vid}.wav") for w in wavs if (w / f"{vid}.wav").is_file()), None)
+            if "video" in self.data.modalities or wav is None:
+                video = self.existing([videos.get(vid) or self.root / self.VIDEO_FOLDERS[0] / f"{vid}.mp4"],
+                                      "video", vid)
+                files["video"] = video
+            files["audio"] = wav or files["video"]
             out.append({"id": vid, "label": row["label"], "split": row["split"], "domain": "all",
-                        "files": {"video": video, "audio": audio}})
+                        "files": files})
         return out
 
     def decoder(self, modality: str) -> Callable | None:

@@ -35,11 +35,40 @@ def decode_video(path: str, frames: int, hints: tuple[str, str] | None = None) -
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            decoded = list(container.decode(stream))  # YUV frames; converted only when picked
-            picked = [decoded[i].to_ndarray(format="rgb24") for i in frame_positions(len(decoded), frames)]
+            n = int(stream.frames or 0)  # from the container; 0 or wrong for some files
+            want = frame_positions(n, frames) if n > 0 else None
+            wanted = set(want.tolist()) if want is not None else set()
+            kept: dict[int, np.ndarray] = {}
+            decoded = []  # only used when the frame count is unknown
+            count = 0
+            for frame in container.decode(stream):
+                if want is None:
+                    decoded.append(frame)  # YUV frames; converted only when picked
+                elif count in wanted:
+                    kept[count] = frame.to_ndarray(format="rgb24")
+                count += 1
+        if want is None or count != n:  # unknown or wrong count: pick from what was decoded
+            if want is not None:
+                return decode_video_all(path, frames, hints)
+            picked = [decoded[i].to_ndarray(format="rgb24") for i in frame_positions(count, frames)]
+        else:
+            picked = [kept[i] for i in want.tolist()]
+        return np.stack(picked)
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise file_problem(path, "video", e, hints) from e
-    return np.stack(picked)
+
+
+def decode_video_all(path: str, frames: int, hints: tuple[str, str] | None = None) -> np.ndarray:
+    """As decode_video, keeping every decoded frame (files whose frame count is not known)."""
+    import av
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            decoded = list(container.decode(stream))
+            return np.stack([decoded[i].to_ndarray(format="rgb24") for i in frame_positions(len(decoded), frames)])
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
+        raise file_problem(path, "video", e, hints) from e
 
 
 def decode_frame_folder(path: str, frames: int, hints: tuple[str, str] | None = None,
@@ -75,15 +104,17 @@ def _natural(name: str):
 
 
 def read_numeric_table(path: str, columns: int, hints: tuple[str, str] | None = None) -> np.ndarray:
-    """A comma / whitespace separated text table (header lines without numbers are skipped)
-    -> float64 (rows, >= columns)."""
+    """A comma- or whitespace-separated text table (header lines without numbers are skipped;
+    an empty comma field is an error) -> float64 (rows, columns): the first ``columns`` values."""
     rows = []
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
+        with open(path, encoding="utf-8-sig", errors="strict") as f:
             for n, line in enumerate(f, 1):
-                parts = line.replace(",", " ").split()
-                if not parts:
+                if not line.strip():
                     continue
+                parts = [p.strip() for p in line.split(",")] if "," in line else line.split()
+                if "" in parts:
+                    raise ValueError(f"line {n} has an empty field: {line.strip()[:60]!r}")
                 try:
                     values = [float(p) for p in parts]
                 except ValueError:

@@ -29,6 +29,7 @@ never cached, so one prepared cache serves every seed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -179,12 +180,14 @@ def _show_progress(progress: bool) -> bool:
 
 
 def _guarded(decoder: Callable, source):
-    """decoder(source), or a DataError's message instead of raising it (data.on_missing=skip):
+    """decoder(source), or the error's message instead of raising it (data.on_missing=skip):
     one bad file must not stop a pool, and it is reported with its row."""
     try:
         return decoder(source)
     except DataError as e:
         return _Bad(str(e))
+    except Exception as e:  # noqa: BLE001 - a decoder's unexpected error on one file (odd frame sizes, ...)
+        return _Bad(f"cannot read {source}: {type(e).__name__}: {e}")
 
 
 class _Bad(str):
@@ -244,7 +247,6 @@ def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, worke
     pooled = decoder is not None and workers > 1
     threads = (os.cpu_count() or 1) - workers if pooled else torch.get_num_threads()
     if skip_bad and decoder is not None:
-        import functools
         decoder = functools.partial(_guarded, decoder)
     with tqdm(total=len(sources), desc=f"decode {mod}", unit="item", disable=not show) as bar, \
             _torch_threads(threads):
@@ -253,20 +255,37 @@ def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, worke
             part = parts / f"{mod}-{first:09d}.safetensors" if parts is not None else None
             part_bad = parts / f"{mod}-{first:09d}.unreadable.json" if parts is not None else None
             if part is not None and part.exists():
-                outs.append(_load_tensors(part))
-                if part_bad.exists():
-                    bad.update({int(r): m for r, m in json.loads(part_bad.read_text(encoding="utf-8")).items()})
-                bar.update(len(shard))
-                continue
+                done = _load_tensors(part)
+                if next(iter(done.values())).shape[0] == len(shard):
+                    outs.append(done)
+                    if part_bad.exists():
+                        bad.update({int(r): m for r, m in json.loads(part_bad.read_text(encoding="utf-8")).items()})
+                    bar.update(len(shard))
+                    continue
+                log.warning("%s holds %d rows, not %d: decoding them again", part,
+                            next(iter(done.values())).shape[0], len(shard))
+            # resumed after saved parts and this shard has no readable item: take an earlier one
+            state["earlier"] = functools.partial(_first_readable, decoder, sources[:first])
             out, shard_bad = _decode_shard(enc, decoder, shard, first, mod, chunk, workers, bar, state)
             if part is not None:
                 parts.mkdir(parents=True, exist_ok=True)
                 if shard_bad:  # before the part: a part on disk always has its list
                     _atomic_write_json(part_bad, {str(r): m for r, m in shard_bad.items()})
+                else:
+                    part_bad.unlink(missing_ok=True)  # a stale list from an interrupted attempt
                 _atomic_save_tensors(part, out)
+                out = _load_tensors(part)  # memory-mapped: decoded shards do not pile up in RAM
             outs.append(out)
             bad.update(shard_bad)
     return _cat_padded(outs), bad
+
+
+def _first_readable(decoder, sources: Sequence):
+    for src in sources:
+        raw = decoder(src) if decoder is not None else src
+        if not isinstance(raw, _Bad):
+            return raw
+    return None
 
 
 def _decode_shard(enc, decoder, sources: Sequence, first: int, mod: str, chunk: int, workers: int,
@@ -286,6 +305,8 @@ def _decode_shard(enc, decoder, sources: Sequence, first: int, mod: str, chunk: 
         raws.append(raw)
         if len(raws) >= chunk and state["fallback"] is not None:
             flush()
+    if raws and state["fallback"] is None and "earlier" in state:
+        state["fallback"] = state["earlier"]()
     if raws and state["fallback"] is None:
         raise DataError(f"no {mod} file could be read (rows {first}-{first + len(sources) - 1}, "
                         f"{len(bad)} tried); the first: {next(iter(bad.values()))}")
@@ -305,7 +326,7 @@ def _prepare_prefix(enc, inputs: dict[str, torch.Tensor], mod: str, chunk: int,
     # Rows sorted by length share a chunk with rows of similar length: little padding to run.
     order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(rows)
     device = _encoder_device(enc)
-    parts = []
+    parts, peak = [], 0.0
     for s in tqdm(range(0, rows, chunk), desc=f"prefix {mod}", unit="chunk", disable=not show):
         idx = order[s:s + chunk]
         n = max(int(lengths[idx].max()), 1) if lengths is not None else None
@@ -313,11 +334,15 @@ def _prepare_prefix(enc, inputs: dict[str, torch.Tensor], mod: str, chunk: int,
                      and inputs[k].shape[1] == inputs[mkey].shape[1] else inputs[k])
                  .index_select(0, idx).to(device) for k in keys}
         tokens, mask = enc.prefix(batch)
-        parts.append((idx, tokens.float().cpu(), None if mask is None else mask.bool().cpu()))
+        tokens = tokens.float()
+        top = float(tokens.abs().max()) if tokens.numel() else 0.0
+        peak = max(peak, top)
+        # fp16 right away when the chunk fits: the chunks then need half the memory
+        parts.append((idx, (tokens.half() if top < FP16_MAX else tokens).cpu(),
+                      None if mask is None else mask.bool().cpu()))
     n_max = max(t.shape[1] for _, t, _ in parts)
     dim = parts[0][1].shape[2]
     need_mask = any(m is not None for _, _, m in parts) or any(t.shape[1] != n_max for _, t, _ in parts)
-    peak = max(float(t.abs().max()) if t.numel() else 0.0 for _, t, _ in parts)
     # fp16 halves memory and disk; keep fp32 if a model's activations would overflow it.
     dtype = torch.float16 if peak < FP16_MAX else torch.float32
     if dtype == torch.float32:
@@ -526,7 +551,12 @@ class PreparedData:
     def exclude_unreadable(self, unreadable: dict[str, dict[int, str]]) -> None:
         """Leave out of every split the samples that use an unreadable file ({modality: {row:
         message}}, from preparation with data.on_missing=skip); log the count and the files."""
-        self.unreadable = [msg for rows in unreadable.values() for msg in rows.values()]
+        seen: dict[str, str] = {}  # one file read for two modalities (accel + gyro, a video's audio) counts once
+        for m, rows in unreadable.items():
+            sources = self.meta.get("sources", {}).get(m, [])
+            for r, msg in rows.items():
+                seen.setdefault(str(sources[r]) if r < len(sources) else f"{m}:{r}", msg)
+        self.unreadable = list(seen.values())
         bad = set()
         for m, rows in unreadable.items():
             if m in self.rows and rows:

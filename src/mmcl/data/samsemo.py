@@ -54,14 +54,19 @@ class SAMSEMO(ClipDataset):
     def list_stamps(self) -> list[str]:
         return [file_stamp(p) for p in [self.tsv, *sorted((self.root / "splits").glob("*.txt"))] if p.is_file()]
 
-    def official_splits(self) -> dict[str, str]:
-        """{utterance id: train|val|test} from splits/*_split_<LANG>.txt (empty: none shipped)."""
-        out = {}
+    def settings(self) -> dict:
+        return {**super().settings(), "multi_label": self.data.multi_label}
+
+    def official_splits(self) -> dict[str, dict[str, str]]:
+        """{LANG: {utterance id: train|val|test}} from splits/{train,valid,test}_split_<LANG>.txt;
+        a language without such files is absent (its utterances are split by the seed)."""
+        out: dict[str, dict[str, str]] = {}
         for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
             for path in sorted((self.root / "splits").glob(f"{name}_split_*.txt")):
+                lang = path.stem.rsplit("_", 1)[-1].upper()
                 for line in path.read_text(encoding="utf-8").splitlines():
                     if line.strip():
-                        out.setdefault(line.strip(), split)
+                        out.setdefault(lang, {}).setdefault(line.strip(), split)
         return out
 
     def items(self) -> list[dict]:
@@ -95,15 +100,19 @@ class SAMSEMO(ClipDataset):
             if len(listed) > 1 and rule == "drop":
                 self.left_out["several listed emotions"] += 1
                 continue
-            if splits and uid not in splits:
+            lists = splits.get(lang)
+            if lists is not None and uid not in lists:
                 self.left_out["not in the split lists"] += 1
                 continue
-            folder = self.existing([self.root / lang / uid, self.root / uid], "utterance folder", uid)
             files = {"text": row[text_col] or ""}
-            if folder is not None:
-                files["video"] = folder
-                files["audio"] = self.existing([Path(folder) / "audio.wav"], "audio.wav", uid)
-            out.append({"id": uid, "label": listed[0], "split": splits.get(uid, ""), "domain": lang,
+            if {"video", "audio"} & set(self.data.modalities):
+                folder = self.existing([self.root / lang / uid, self.root / uid], "utterance folder", uid)
+                if "video" in self.data.modalities:
+                    files["video"] = folder
+                if "audio" in self.data.modalities:
+                    files["audio"] = self.existing([Path(folder) / "audio.wav"], "audio.wav", uid) \
+                        if Path(folder).is_dir() else str(Path(folder) / "audio.wav")
+            out.append({"id": uid, "label": listed[0], "split": (lists or {}).get(uid, ""), "domain": lang,
                         "group": row.get("movie_title") or uid, "files": files})
         if any(self.left_out.values()):
             log.info("samsemo: left out %s (data.multi_label=%s)", self.left_out, rule)

@@ -21,12 +21,17 @@ from mmcl.encoders.base import masked_mean
 log = logging.getLogger(__name__)
 
 
-def fit_key(enc, cfg, modality: str, task_classes) -> str:
-    """Everything that changes the fitted weights (the saved file is reused only on a match)."""
+def fit_key(enc, cfg, modality: str, data, train_idx) -> str:
+    """Everything that changes the fitted weights: the encoder, the prepared data (its cache
+    folder), the exact training samples and labels, the optimisation settings. The saved file
+    is reused only on a match."""
     ec = getattr(cfg.encoders, modality)
-    blob = json.dumps({"identity": enc.identity(), "seed": cfg.run.seed, "classes": [int(c) for c in task_classes],
+    idx = torch.as_tensor(train_idx, dtype=torch.long)
+    samples = hashlib.sha256(idx.numpy().tobytes() + data.labels.index_select(0, idx).numpy().tobytes()).hexdigest()
+    blob = json.dumps({"identity": enc.identity(), "seed": cfg.run.seed, "dataset": cfg.data.dataset,
+                       "data": getattr(data.folder, "name", ""), "samples": samples,
                        "epochs": ec.fit_epochs, "lr": cfg.train.lr, "batch": cfg.train.batch_size,
-                       "weight_decay": cfg.train.weight_decay, "split": list(cfg.data.split)}, sort_keys=True)
+                       "weight_decay": cfg.train.weight_decay}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -128,8 +128,8 @@ class ASTEncoder(HFTransformerBlocks):
             self._stamp = f"random:w{w}:l{enc_cfg.layers}:f{frames}"
         else:
             model, self.extractor, self._stamp = load_source(
-                self.source, f"speech encoder ast (source='{self.source}')", "AutoFeatureExtractor",
-                "encoders.speech.source")
+                self.source, f"audio encoder ast (source='{self.source}')", "AutoFeatureExtractor",
+                "encoders.audio.source (or encoders.speech.source)")
         self._setup(model, num_blocks, "ast")
         # The position table fixes the frames per pass (model.config.max_length; 100 frames a
         # second): longer audio (data.max_speech_seconds) runs as consecutive chunks of that many
