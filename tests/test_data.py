@@ -372,3 +372,20 @@ def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkey
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match=f"cannot read cached file {path}.*prepare again"):
         _load_tensors(path)
+
+
+def test_tuxpaint_root_from_option_env_or_prepare_root(fake_stamps, tmp_path, monkeypatch, capsys):
+    from mmcl.cli import main as cli_main
+    root, classes = fake_stamps
+    monkeypatch.delenv("MMCL_TUXPAINT_ROOT", raising=False)
+    cfg = make_cfg("", tmp_path / "cache")
+    assert TuxPaint(cfg.data).root == Path("/usr/share/tuxpaint/stamps")  # nothing given: the package's place
+    # `mmcl prepare tuxpaint --root DIR` is remembered for later runs without data.root
+    args = [f"data.cache_dir={tmp_path / 'cache'}", f"data.classes=[{','.join(classes)}]",
+            "data.image_size=16", "encoders.image.source=random", "encoders.text.source=random",
+            "encoders.speech.source=random", "encoders.text.width=16", "encoders.speech.width=16"]
+    assert cli_main(["prepare", "tuxpaint", *args, "--root", str(root), "--workers", "1"]) == 0
+    assert TuxPaint(cfg.data).root == root.resolve()
+    monkeypatch.setenv("MMCL_TUXPAINT_ROOT", str(tmp_path / "elsewhere"))  # the variable wins over it
+    assert TuxPaint(cfg.data).root == tmp_path / "elsewhere"
+    assert TuxPaint(make_cfg(root, tmp_path / "cache").data).root == root  # and data.root over both

@@ -43,10 +43,6 @@ def doc(text: str, default: Any = MISSING, factory: Any = MISSING):
     return field(default=default, **kw)
 
 
-def _default_stamps_root() -> str:
-    return os.environ.get("MMCL_TUXPAINT_ROOT", "/usr/share/tuxpaint/stamps")
-
-
 def _default_cache_dir() -> str:
     return os.environ.get("MMCL_CACHE", str(Path.home() / ".cache" / "mmcl"))
 
@@ -122,9 +118,9 @@ class DataConfig:
                            "'drop' (left out, counted) or 'first' (labelled with the first listed) [C]", "drop")
     on_missing: str = doc("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file) "
                           "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail")
-    root: str = doc("data set root; empty: tuxpaint $MMCL_TUXPAINT_ROOT or /usr/share/tuxpaint/stamps, the "
-                    "others the folder given to `mmcl prepare <preset> --root DIR` or $MMCL_<DATASET>_ROOT "
-                    "(docs/datasets.md)", "")
+    root: str = doc("data set root; empty: $MMCL_<DATASET>_ROOT (e.g. MMCL_TUXPAINT_ROOT, MMCL_AVE_ROOT), else "
+                    "the folder last given to `mmcl prepare <preset> --root DIR`, else (tuxpaint only) "
+                    "/usr/share/tuxpaint/stamps (docs/datasets.md)", "")
     cache_dir: str = doc("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
     modalities: list[str] = doc("modalities used, in order", factory=lambda: ["image", "text", "speech"])
     classes: list[str] = doc("class names (tuxpaint: stamp folders; manifest: empty = every label)", factory=lambda: list(TUXPAINT_CLASSES))

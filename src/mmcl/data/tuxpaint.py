@@ -176,8 +176,10 @@ class TuxPaint:
 
     def __init__(self, data):
         self.data = data
-        from mmcl.config import _default_stamps_root
-        self.root = Path(os.path.expanduser(data.root or _default_stamps_root()))
+        from mmcl.data.clips import remembered_root
+        root = (data.root or os.environ.get("MMCL_TUXPAINT_ROOT") or remembered_root(data.cache_dir, "tuxpaint")
+                or "/usr/share/tuxpaint/stamps")
+        self.root = Path(os.path.expanduser(root))
         self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
 
     @property
