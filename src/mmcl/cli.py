@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("preset")
     pr.add_argument("overrides", nargs="*", metavar="key=value")
     pr.add_argument("--root", help="the data set's folder (its official release layout; docs/datasets.md)")
-    pr.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2, 1 on one core)")
+    pr.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, at most 8)")
     rep = sub.add_parser("report", help="(re)write a run folder's plots and report")
     rep.add_argument("run_dir")
     cmp_ = sub.add_parser("compare", help="table of several runs: mean ± std over seeds per method/variant",

@@ -388,7 +388,7 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
     later calls with the same settings load the cache and decode nothing.
 
     encoders: {modality: BlockEncoder} for every modality in data.modalities (others ignored).
-    workers: decoding processes (default: 2, or 1 on a single core).
+    workers: decoding processes (default: one per core, at most 8).
     """
     from mmcl.registry import get
     data = cfg.data
@@ -396,7 +396,7 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
     dataset = ds_cls(data)
     folder = _folder(data, dataset, encoders)
     mods = list(data.modalities)
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     skip_bad = getattr(data, "on_missing", "fail") == "skip"
     show = _show_progress(progress)
     timings: dict[str, float] = {}
