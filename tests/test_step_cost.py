@@ -40,3 +40,14 @@ def test_step_cost_stream_covers_ten_tasks(step_cost, tmp_path):
     s = json.loads(out.read_text())["stream"]
     assert [t["task"] for t in s["tasks"]] == list(range(1, 11))
     assert s["tasks"][-1]["memory"] == 200  # the memory filled up and stayed within its size
+
+
+def test_decode_cost_times_a_clip(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("decode_cost", SCRIPT.parent / "decode_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "dc.json"
+    assert mod.main(["--seconds", "1", "--width", "64", "--height", "48", "--reps", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["video_s"] > 0 and r["audio_s"] > 0 and r["clip"]["frames"] == 8
+    assert "frames" in capsys.readouterr().out
