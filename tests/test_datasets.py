@@ -149,33 +149,31 @@ def test_ave_prepares_and_trains_from_the_release_layout(tmp_path, caplog):
         prepared("ave", {**o, "data.on_missing": "fail", "data.cache_dir": str(tmp_path / "c2")})
 
 
-def test_corrupt_video_is_named_or_skipped_and_counted(tmp_path):
+def trim_ave_list_to_tree(monkeypatch, written) -> list[dict]:
+    """The shipped AVE list reduced to the videos the test wrote (so on_missing=fail finds them all)."""
+    import mmcl.data.clips as clips
+    have = {v for v, _, _ in written}
+    rows = [r for r in shipped_split("ave.csv") if r["video_id"] in have]
+    monkeypatch.setattr(clips, "shipped_split", lambda name: rows)
+    return rows
+
+
+def test_corrupt_video_is_named_or_skipped_and_counted(tmp_path, monkeypatch):
     written = ave_tree(tmp_path / "AVE_Dataset")
     bad = tmp_path / "AVE_Dataset" / "AVE" / f"{written[3][0]}.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "AVE_Dataset"), "data.classes": ["Cat", "Goat"],
                           "scenario.num_tasks": 2})
-    with pytest.raises(DataError, match=f"cannot decode video {bad}: .*on_missing=skip"):
-        _fail_on_decode(o, bad)
+    with monkeypatch.context() as m:
+        trim_ave_list_to_tree(m, written)
+        with pytest.raises(DataError, match=f"cannot decode video {bad}: .*on_missing=skip"):
+            prepared("ave", {**o, "data.on_missing": "fail", "data.cache_dir": o["data.cache_dir"] + "-fail"})
     cfg, data = prepared("ave", {**o, "data.on_missing": "skip"})
     # the corrupt file is left out with the missing ones; its video and audio track count once
     assert kept_ids(data) == sorted(v for v, _, _ in written if v != written[3][0])
     assert len([m for m in data.unreadable if str(bad) in m]) == 1
     listed = json.loads((data.folder / "unreadable_video.json").read_text())
     assert sum(str(bad) in m for m in listed.values()) == 1
-
-
-def _fail_on_decode(o, bad):
-    """on_missing=fail on a tree where every listed file exists (the list trimmed to the tree)."""
-    import mmcl.data.clips as clips
-    have = {p.stem for p in bad.parent.glob("*.mp4")}
-    rows = [r for r in shipped_split("ave.csv") if r["video_id"] in have]
-    orig = clips.shipped_split
-    clips.shipped_split = lambda name: rows
-    try:
-        prepared("ave", {**o, "data.on_missing": "fail", "data.cache_dir": o["data.cache_dir"] + "-fail"})
-    finally:
-        clips.shipped_split = orig
 
 
 # -- Kinetics-Sounds ------------------------------------------------------------------------------
@@ -370,8 +368,7 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
     import mmcl.data.prepared as prep
     written = ave_tree(tmp_path / "AVE_Dataset")
     have = {v for v, _, _ in written}
-    rows = [r for r in shipped_split("ave.csv") if r["video_id"] in have]  # the list trimmed to the tree
-    monkeypatch.setattr(clips, "shipped_split", lambda name: rows)
+    rows = trim_ave_list_to_tree(monkeypatch, written)
     bad = tmp_path / "AVE_Dataset" / "AVE" / f"{rows[5]['video_id']}.mp4"  # in the second part
     bad.write_bytes(b"not a video" * 20)
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "AVE_Dataset"), "data.classes": ["Cat", "Goat"],

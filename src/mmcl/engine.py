@@ -601,7 +601,7 @@ class Experiment:
     def _fit_encoders(self) -> None:
         """encoders.<m>.fit=first_task: train that encoder on task 1 before the method starts (or
         reload the weights this run folder saved), then serve the data with the fitted encoder."""
-        from safetensors.torch import load_file, save
+        from safetensors.torch import load as load_bytes, save
         from mmcl.encoders.fit import fit_first_task, fit_key
         task = self.scenario.tasks[0]
         for m in self.cfg.data.modalities:
@@ -614,23 +614,20 @@ class Experiment:
 
             def fit_or_load():  # rank 0 only; _on_main shares its success or failure with every rank
                 nonlocal blob
-                to_save = None
                 if path.exists() and _safetensors_meta(path).get("fit_key") == key:
-                    enc.load_state_dict(load_file(str(path)))
+                    blob = path.read_bytes()
+                    enc.load_state_dict(load_bytes(blob))
                     log.info("loaded the %s encoder fitted on task 1 from %s", m, path)
-                else:
-                    idx = torch.as_tensor(task.train, dtype=torch.long)
-                    rows = self.data.rows[m].index_select(0, idx)
-                    inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
-                    fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
-                    to_save = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
-                                   metadata={"fit_key": key})
-                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()})
-                if to_save is not None:
-                    atomic_write_bytes(path, to_save)
+                    return
+                idx = torch.as_tensor(task.train, dtype=torch.long)
+                rows = self.data.rows[m].index_select(0, idx)
+                inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
+                fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
+                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
+                            metadata={"fit_key": key})
+                atomic_write_bytes(path, blob)
             self._on_main(f"fit the {m} encoder on task 1", fit_or_load)
             if self.dist.enabled:  # every rank serves the data with rank 0's weights
-                from safetensors.torch import load as load_bytes
                 enc.load_state_dict(load_bytes(self.dist.broadcast_bytes(blob, self.device)))
             enc.to(self.device)
             self.data.reencode(m, enc)

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from mmcl.config import MODALITY_TYPES
 from mmcl.data.media import decode_frame_folder, decode_video
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg
@@ -32,12 +33,19 @@ log = logging.getLogger(__name__)
 ROOTS_FILE = "roots.json"  # in data.cache_dir: the root each data set was prepared from
 
 
-def remembered_root(cache_dir: str, dataset: str) -> str:
+def _roots(cache_dir: str) -> dict:
+    """{data set: root} recorded by ``mmcl prepare --root`` ({} when none or unreadable)."""
     try:
         roots = json.loads((Path(os.path.expanduser(cache_dir)) / ROOTS_FILE).read_text(encoding="utf-8"))
-        return str(roots.get(dataset, "")) if isinstance(roots, dict) else ""
     except (OSError, ValueError):
-        return ""
+        return {}
+    return roots if isinstance(roots, dict) else {}
+
+
+def dataset_root(data, dataset: str, env: str) -> str:
+    """data.root, else $env, else the folder last given to ``mmcl prepare <dataset> --root``;
+    "" when none is set."""
+    return data.root or os.environ.get(env, "") or str(_roots(data.cache_dir).get(dataset, ""))
 
 
 def remember_root(cache_dir: str, dataset: str, root: str) -> None:
@@ -45,14 +53,9 @@ def remember_root(cache_dir: str, dataset: str, root: str) -> None:
     from mmcl.data.prepared import _atomic_write_json
     folder = Path(os.path.expanduser(cache_dir))
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ROOTS_FILE
-    try:
-        roots = json.loads(path.read_text(encoding="utf-8"))
-        roots = roots if isinstance(roots, dict) else {}
-    except (OSError, ValueError):
-        roots = {}
+    roots = _roots(cache_dir)
     roots[dataset] = str(Path(os.path.expanduser(root)).resolve())
-    _atomic_write_json(path, roots)
+    _atomic_write_json(folder / ROOTS_FILE, roots)
 
 
 def shipped_split(name: str) -> list[dict]:
@@ -86,12 +89,13 @@ class ClipDataset:
     DOMAINS: tuple[str, ...] = ("all",)
     ENV = ""
     LAYOUT = ""
+    FRAME_PATTERN = ""  # frame folders: only the image files whose name holds this
     split_samples = staticmethod(lambda records, fractions, seed: listed_or_seeded_split(records, fractions, seed))
 
     def __init__(self, data):
         self.data = data
         name = self.registered_name
-        root = data.root or os.environ.get(self.ENV, "") or remembered_root(data.cache_dir, name)
+        root = dataset_root(data, name, self.ENV)
         if not root:
             raise DataError(f"where is {name}? Prepare it once with `mmcl prepare {name} --root DIR` "
                             f"(DIR holds {self.LAYOUT}), or set data.root=DIR or ${self.ENV}.")
@@ -179,21 +183,31 @@ class ClipDataset:
                             f"{classes[:4]}... (expected {self.LAYOUT})")
         return records, sources
 
-    def _unknown_modality(self, modality):
-        return DataError(f"{self.registered_name} has no modality '{modality}' (it has "
-                         f"{', '.join(self.modalities)}); fix data.modalities")
-
     def hints(self) -> tuple[str, str]:
         return ("Restore it, or run with data.on_missing=skip to leave the sample out.",
                 f"The file is corrupt or unreadable: replace it from the {self.registered_name} release, "
                 "or run with data.on_missing=skip to leave the sample out (counted).")
 
-    def video_decoder(self) -> Callable:
-        return functools.partial(_decode_clip, frames=self.data.video_frames, hints=self.hints())
+    def decoder(self, modality: str) -> Callable | None:
+        """By the modality's input type: video files or frame folders (only image names holding
+        FRAME_PATTERN), audio (a file's audio track), text (the source is the text itself);
+        sensors by the data set's own ``sensor_decoder``."""
+        if modality not in self.modalities:
+            raise DataError(f"{self.registered_name} has no modality '{modality}' (it has "
+                            f"{', '.join(self.modalities)}); fix data.modalities")
+        kind = MODALITY_TYPES[modality]
+        if kind == "video":
+            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=self.hints(),
+                                     pattern=self.FRAME_PATTERN)
+        if kind == "audio":
+            return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
+                                     max_seconds=self.data.max_speech_seconds, hints=self.hints())
+        if kind == "text":
+            return None
+        return self.sensor_decoder(modality)
 
-    def audio_decoder(self) -> Callable:
-        return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
-                                 max_seconds=self.data.max_speech_seconds, hints=self.hints())
+    def sensor_decoder(self, modality: str) -> Callable:
+        raise NotImplementedError
 
 
 def _decode_clip(source: str, frames: int, hints, pattern: str = ""):
@@ -253,10 +267,3 @@ class AudioVisualList(ClipDataset):
             out.append({"id": vid, "label": row["label"], "split": row["split"], "domain": "all",
                         "files": files})
         return out
-
-    def decoder(self, modality: str) -> Callable | None:
-        if modality == "video":
-            return self.video_decoder()
-        if modality == "audio":
-            return self.audio_decoder()
-        raise self._unknown_modality(modality)

@@ -27,7 +27,9 @@ def frame_positions(n: int, frames: int) -> np.ndarray:
 
 
 def decode_video(path: str, frames: int, hints: tuple[str, str] | None = None) -> np.ndarray:
-    """A video file -> (frames, H, W, 3) uint8 RGB, sampled evenly over the whole clip."""
+    """A video file -> (frames, H, W, 3) uint8 RGB, sampled evenly over the whole clip. Only the
+    picked frames are kept when the container states its frame count; otherwise (or when the
+    stated count is wrong) ``decode_video_all`` picks from every decoded frame."""
     import av
     try:
         with av.open(path) as container:
@@ -36,30 +38,24 @@ def decode_video(path: str, frames: int, hints: tuple[str, str] | None = None) -
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             n = int(stream.frames or 0)  # from the container; 0 or wrong for some files
-            want = frame_positions(n, frames) if n > 0 else None
-            wanted = set(want.tolist()) if want is not None else set()
-            kept: dict[int, np.ndarray] = {}
-            decoded = []  # only used when the frame count is unknown
-            count = 0
+            if n == 0:
+                return decode_video_all(path, frames, hints)
+            want = frame_positions(n, frames).tolist()
+            wanted, kept, count = set(want), {}, 0
             for frame in container.decode(stream):
-                if want is None:
-                    decoded.append(frame)  # YUV frames; converted only when picked
-                elif count in wanted:
+                if count in wanted:
                     kept[count] = frame.to_ndarray(format="rgb24")
                 count += 1
-        if want is None or count != n:  # unknown or wrong count: pick from what was decoded
-            if want is not None:
-                return decode_video_all(path, frames, hints)
-            picked = [decoded[i].to_ndarray(format="rgb24") for i in frame_positions(count, frames)]
-        else:
-            picked = [kept[i] for i in want.tolist()]
-        return np.stack(picked)
+        if count != n:
+            return decode_video_all(path, frames, hints)
+        return np.stack([kept[i] for i in want])
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise file_problem(path, "video", e, hints) from e
 
 
 def decode_video_all(path: str, frames: int, hints: tuple[str, str] | None = None) -> np.ndarray:
-    """As decode_video, keeping every decoded frame (files whose frame count is not known)."""
+    """As decode_video, keeping every decoded frame (YUV, converted only when picked): for files
+    whose frame count is not known."""
     import av
     try:
         with av.open(path) as container:

@@ -97,6 +97,24 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _write_unreadable(path: Path, bad: dict[int, str]) -> None:
+    """{row: message} of the files that could not be read; no file when there are none (a
+    stale list from an interrupted attempt is removed)."""
+    if bad:
+        _atomic_write_json(path, {str(r): msg for r, msg in sorted(bad.items())})
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _read_unreadable(path: Path) -> dict[int, str]:
+    if not path.exists():
+        return {}
+    try:
+        return {int(r): msg for r, msg in json.loads(path.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"cannot read {path}: {e}. Delete the folder {path.parent} and prepare again.") from e
+
+
 def _read_records(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -258,8 +276,7 @@ def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, worke
                 done = _load_tensors(part)
                 if next(iter(done.values())).shape[0] == len(shard):
                     outs.append(done)
-                    if part_bad.exists():
-                        bad.update({int(r): m for r, m in json.loads(part_bad.read_text(encoding="utf-8")).items()})
+                    bad.update(_read_unreadable(part_bad))
                     bar.update(len(shard))
                     continue
                 log.warning("%s holds %d rows, not %d: decoding them again", part,
@@ -269,10 +286,7 @@ def _prepare_inputs(enc, decoder, sources: Sequence, mod: str, chunk: int, worke
             out, shard_bad = _decode_shard(enc, decoder, shard, first, mod, chunk, workers, bar, state)
             if part is not None:
                 parts.mkdir(parents=True, exist_ok=True)
-                if shard_bad:  # before the part: a part on disk always has its list
-                    _atomic_write_json(part_bad, {str(r): m for r, m in shard_bad.items()})
-                else:
-                    part_bad.unlink(missing_ok=True)  # a stale list from an interrupted attempt
+                _write_unreadable(part_bad, shard_bad)  # before the part: a part on disk always has its list
                 _atomic_save_tensors(part, out)
                 out = _load_tensors(part)  # memory-mapped: decoded shards do not pile up in RAM
             outs.append(out)
@@ -435,11 +449,7 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
                 raise DataError(f"{e} (Note: {records_path} lists the files indexed for this "
                                 f"cache; if you remove files rather than restore them, delete "
                                 f"{folder} as well so that the data are indexed again.)") from e
-            bad_path = folder / f"unreadable_{mod}.json"
-            if bad:  # written before the inputs: a complete inputs file always has its list
-                _atomic_write_json(bad_path, {str(r): msg for r, msg in sorted(bad.items())})
-            else:
-                bad_path.unlink(missing_ok=True)
+            _write_unreadable(folder / f"unreadable_{mod}.json", bad)  # before the inputs, as for parts
             _atomic_save_tensors(in_path, inputs)
             for f in (folder / "parts").glob(f"{mod}-*"):  # merged into in_path
                 f.unlink(missing_ok=True)
@@ -536,14 +546,7 @@ class PreparedData:
             if not path.exists():
                 raise DataError(f"{path} is missing: run prepare (mmcl prepare) for this config")
             tensors[m] = _load_tensors(path)
-        unreadable = {}
-        for m in modalities:
-            path = folder / f"unreadable_{m}.json"
-            if path.exists():
-                try:
-                    unreadable[m] = {int(r): msg for r, msg in json.loads(path.read_text(encoding="utf-8")).items()}
-                except (OSError, ValueError) as e:
-                    raise DataError(f"cannot read {path}: {e}. Delete the folder {folder} and prepare again.") from e
+        unreadable = {m: _read_unreadable(folder / f"unreadable_{m}.json") for m in modalities}
         out = cls(meta, tensors, use_prefix, split_fn, fractions, folder)
         out.exclude_unreadable(unreadable)
         return out

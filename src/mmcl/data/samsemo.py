@@ -3,13 +3,11 @@ domain-incremental by language; the release's samsemo.tsv and split lists."""
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import re
 from pathlib import Path
-from typing import Callable
 
-from mmcl.data.clips import ClipDataset, _decode_clip
+from mmcl.data.clips import ClipDataset
 from mmcl.data.prepared import DataError
 from mmcl.encoders._weights import file_stamp
 from mmcl.registry import register_dataset
@@ -18,6 +16,7 @@ log = logging.getLogger(__name__)
 
 SAMSEMO_LANGUAGES = ("EN", "DE", "ES", "PL", "KO")
 SAMSEMO_EMOTIONS = ("anger", "happiness", "sadness", "surprise", "neutral")
+_ALL_EMOTIONS = SAMSEMO_EMOTIONS + ("fear", "disgust", "contempt", "other", "none")
 _EMOTION_WORDS = {"angry": "anger", "happy": "happiness", "joy": "happiness", "sad": "sadness",
                   "surprised": "surprise", "neutrality": "neutral"}
 
@@ -40,6 +39,7 @@ class SAMSEMO(ClipDataset):
     modalities = ("video", "audio", "text")
     CLASSES = SAMSEMO_EMOTIONS
     ENV = "MMCL_SAMSEMO_ROOT"
+    FRAME_PATTERN = "image"  # the utterance folder's image_<i>.jpg
     LAYOUT = ("samsemo.tsv, <LANG>/<utterance_id>/{audio.wav, image_*.jpg} (the unzipped data/<LANG>.zip), "
               "optional splits/{train,valid,test}_split_<LANG>.txt")
 
@@ -117,16 +117,3 @@ class SAMSEMO(ClipDataset):
         if any(self.left_out.values()):
             log.info("samsemo: left out %s (data.multi_label=%s)", self.left_out, rule)
         return out
-
-    def decoder(self, modality: str) -> Callable | None:
-        if modality == "video":
-            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=self.hints(),
-                                     pattern="image")
-        if modality == "audio":
-            return self.audio_decoder()
-        if modality == "text":
-            return None
-        raise self._unknown_modality(modality)
-
-
-_ALL_EMOTIONS = SAMSEMO_EMOTIONS + ("fear", "disgust", "contempt", "other", "none")

@@ -176,9 +176,8 @@ class TuxPaint:
 
     def __init__(self, data):
         self.data = data
-        from mmcl.data.clips import remembered_root
-        root = (data.root or os.environ.get("MMCL_TUXPAINT_ROOT") or remembered_root(data.cache_dir, "tuxpaint")
-                or "/usr/share/tuxpaint/stamps")
+        from mmcl.data.clips import dataset_root
+        root = dataset_root(data, "tuxpaint", "MMCL_TUXPAINT_ROOT") or "/usr/share/tuxpaint/stamps"
         self.root = Path(os.path.expanduser(root))
         self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
 

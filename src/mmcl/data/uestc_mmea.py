@@ -100,9 +100,5 @@ class UESTCMMEA(ClipDataset):
                 out.append({"id": item, "label": name, "split": split, "domain": "all", "files": files})
         return out
 
-    def decoder(self, modality: str) -> Callable | None:
-        if modality == "video":
-            return self.video_decoder()
-        if modality in ("accel", "gyro"):
-            return functools.partial(decode_uestc_imu, part=modality, hints=self.hints())
-        raise self._unknown_modality(modality)
+    def sensor_decoder(self, modality: str) -> Callable:
+        return functools.partial(decode_uestc_imu, part=modality, hints=self.hints())

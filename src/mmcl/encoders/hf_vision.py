@@ -41,8 +41,27 @@ class HFTransformerBlocks(BlockEncoder):
             h = self.final_norm(h)
         return h
 
+    # A sample's inputs may run through the model as separate pieces (video frames, audio
+    # chunks), each alone; its tokens stay together as (batch, pieces * tokens, D).
+    pieces = 1
+
+    def _joined(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        """(n * pieces, N, D) -> (n, pieces * N, D)."""
+        return h.reshape(n, -1, h.shape[-1])
+
     def forward_block(self, b, tokens, mask):
-        return self._run(b, tokens), mask
+        if self.pieces == 1:
+            return self._run(b, tokens), mask
+        n, length, dim = tokens.shape
+        return self._joined(self._run(b, tokens.reshape(n * self.pieces, length // self.pieces, dim)), n), mask
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (..., 3, S, S) -> the processor's normalised floats (floats pass through)."""
+        if x.dtype != torch.uint8:
+            return x
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
 
 
 @register_encoder("vit")
@@ -75,14 +94,6 @@ class ViTEncoder(HFTransformerBlocks):
             self.std = tuple(getattr(proc, "image_std", None) or (0.5, 0.5, 0.5))
             self.image_size = int(model.config.image_size)  # position embeddings fix the size
         self._setup(model, num_blocks, "vit")
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB (..., 3, S, S) -> the processor's normalised floats (floats pass through)."""
-        if x.dtype != torch.uint8:
-            return x
-        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-        return (x.float() / 255.0 - mean) / std
 
     def prefix(self, inputs):
         return self._run(0, self.model.embeddings(self._normalise(inputs["pixels"]))), None
@@ -136,23 +147,15 @@ class ASTEncoder(HFTransformerBlocks):
         # frames, each through the model alone, their tokens kept together (as vit_video's frames).
         self.chunk = int(model.config.max_length)
         wanted = int(round(float(data_cfg.max_speech_seconds) * 100))
-        self.chunks = max(1, -(-wanted // self.chunk))
+        self.chunks = self.pieces = max(1, -(-wanted // self.chunk))
         if self.chunks > 1:
             self.prompt_mode = "add"  # prepended prompt tokens would break the per-chunk reshaping
-
-    def _per_chunk(self, b: int, tokens: torch.Tensor) -> torch.Tensor:
-        n, length, dim = tokens.shape
-        h = self._run(b, tokens.reshape(n * self.chunks, length // self.chunks, dim))
-        return h.reshape(n, -1, h.shape[-1])
 
     def prefix(self, inputs):
         x = inputs["fbank"].float()  # (B, chunks * chunk, 128)
         n = x.shape[0]
-        h = self._run(0, self.model.embeddings(x.reshape(n * self.chunks, self.chunk, x.shape[-1])))
-        return h.reshape(n, -1, h.shape[-1]), None
-
-    def forward_block(self, b, tokens, mask):
-        return self._per_chunk(b, tokens), mask
+        return self._joined(self._run(0, self.model.embeddings(x.reshape(n * self.chunks, self.chunk, x.shape[-1]))),
+                            n), None
 
     def identity(self) -> str:
         chunks = f"|chunks={self.chunks}" if self.chunks > 1 else ""

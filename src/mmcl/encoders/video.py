@@ -40,21 +40,11 @@ class ViTVideoEncoder(ViTEncoder):
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):
         super().__init__(enc_cfg, num_blocks, data_cfg)
-        self.frames = int(data_cfg.video_frames)
-
-    def _per_frame(self, b: int, tokens: torch.Tensor) -> torch.Tensor:
-        n, length, dim = tokens.shape
-        h = self._run(b, tokens.reshape(n * self.frames, length // self.frames, dim))
-        return h.reshape(n, -1, h.shape[-1])
+        self.frames = self.pieces = int(data_cfg.video_frames)  # each frame alone through the ViT
 
     def prefix(self, inputs):
         x = inputs["frames"]  # (B, F, 3, S, S)
-        n, f = x.shape[:2]
-        h = self._run(0, self.model.embeddings(self._normalise(x.flatten(0, 1))))
-        return h.reshape(n, f * h.shape[1], h.shape[2]), None
-
-    def forward_block(self, b, tokens, mask):
-        return self._per_frame(b, tokens), mask
+        return self._joined(self._run(0, self.model.embeddings(self._normalise(x.flatten(0, 1)))), x.shape[0]), None
 
     def identity(self) -> str:
         return super().identity().replace("vit|", "vit_video|", 1) + f"|frames={self.frames}"
@@ -104,12 +94,7 @@ class VideoMAEEncoder(HFTransformerBlocks):
         self._setup(model, num_blocks, "videomae")
 
     def prefix(self, inputs):
-        x = inputs["frames"]
-        if x.dtype == torch.uint8:
-            mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-            x = (x.float() / 255.0 - mean) / std
-        return self._run(0, self.model.embeddings(x, None)), None
+        return self._run(0, self.model.embeddings(self._normalise(inputs["frames"]), None)), None
 
     def identity(self) -> str:
         return (f"videomae|v1|{self._stamp}|blocks={self.num_blocks}|layers0={self.groups[0]}"
