@@ -52,7 +52,7 @@ from mmcl.config import build_config  # noqa: E402
 from mmcl.data.prepared import PreparedData  # noqa: E402
 from mmcl.encoders.base import masked_mean  # noqa: E402
 from mmcl.methods.base import to_device  # noqa: E402
-from mmcl.model.mmencoder import MMModel  # noqa: E402
+from mmcl.model.mmencoder import MMModel, length_chunks  # noqa: E402
 from mmcl.scenarios import build_scenario  # noqa: E402
 
 # scale -> (ViT width, layers, AST width, layers, image px, fbank frames)
@@ -159,22 +159,30 @@ def step_rows(method) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- the modes ---------------------------------------------------------------------------------
+def row_groups(model, batch) -> list[dict]:
+    """The batch as the model runs it: length-sorted groups (model.length_chunks), so the floor
+    and the forward skip the same padding the method does."""
+    parts = length_chunks(batch, model.modalities, model.length_chunks)
+    return [batch] if parts is None else [sub for _, sub in parts]
+
+
 def encoders_forward(model, batch):
-    return [model.encoders[m].pooled(batch[m]) for m in model.modalities]
+    return [model.encoders[m].pooled(sub[m]) for sub in row_groups(model, batch) for m in model.modalities]
 
 
 def floor_step(model, batch, biases):
     """Forward + backward through the frozen blocks with an identity adapter (zero bias) after
     every block: the least any adapter method must compute."""
     total = 0.0
-    for m in model.modalities:
-        enc, x = model.encoders[m], batch[m]
-        tokens, mask = x["tokens"], x.get("mask")
-        for b in range(enc.num_blocks):
-            if b > 0:
-                tokens, mask = enc.forward_block(b, tokens, mask)
-            tokens = tokens + biases[m][b]
-        total = total + masked_mean(tokens, mask).float().square().mean()
+    for sub in row_groups(model, batch):
+        for m in model.modalities:
+            enc, x = model.encoders[m], sub[m]
+            tokens, mask = x["tokens"], x.get("mask")
+            for b in range(enc.num_blocks):
+                if b > 0:
+                    tokens, mask = enc.forward_block(b, tokens, mask)
+                tokens = tokens + biases[m][b]
+            total = total + masked_mean(tokens, mask).float().square().mean()
     total.backward()
 
 

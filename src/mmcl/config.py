@@ -155,6 +155,9 @@ class ModelConfig:
     pool: str = doc("token pooling before projection: 'mean' (over valid tokens)", "mean")
     input_norm: bool = doc("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
     adapters: bool = doc("cross-modality adapters after every block; false = frozen features only", True)
+    length_chunks: int = doc("run a batch's rows in up to this many groups of similar length, each trimmed "
+                             "to its longest sample, so padded tokens are not computed (exact up to "
+                             "rounding; 1 = one group padded to the longest row)", 2)
 
 
 @dataclass
@@ -566,7 +569,7 @@ def get_key(cfg, key: str):
 # key -> smallest allowed value (inclusive)
 _MINIMUM = {
     "run.threads": 0, "data.image_size": 8, "data.max_text_tokens": 2, "data.sample_rate": 1000,
-    "data.max_stamps_per_class": 0, "data.video_frames": 1, "data.sensor_length": 1, "data.sensor_window": 1, "model.blocks": 1, "model.dim_z": 1, "model.head_hidden": 1,
+    "data.max_stamps_per_class": 0, "data.video_frames": 1, "data.sensor_length": 1, "data.sensor_window": 1, "model.blocks": 1, "model.length_chunks": 1, "model.dim_z": 1, "model.head_hidden": 1,
     "adapter.num_experts": 1, "adapter.dim": 1, "adapter.context_tokens": 1, "memory.size": 0,
     "memory.batch_size": 1, "train.epochs": 1, "train.batch_size": 1, "train.weight_decay": 0.0,
     "train.grad_clip": 0.0, "eval.batch_size": 1, "scenario.num_tasks": 1, "method.lwf_alpha": 0.0,

@@ -101,10 +101,12 @@ class CrossModalityAdapter(nn.Module):
         self.register_buffer("usage_count", torch.zeros(num_experts, dtype=torch.float64))
         self.register_buffer("routing_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
-        # Set by a data-parallel step (MMModel.sharded): (global rows, first, end) of this
-        # rank's rows, so the routing noise is drawn for the whole batch and sliced; usage
-        # counts are then added by the caller once they are summed over ranks.
-        self.shard: tuple[int, int, int] | None = None
+        # Set by MMModel.forward for one call: the gate noise of this call's rows, drawn once
+        # for the whole (global) batch and sliced, so neither data-parallel sharding nor
+        # length-sorted chunking changes any sample's noise; and whether this call adds its
+        # expert-usage counts itself (a sharded step adds them once summed over ranks).
+        self.noise: dict[str, Tensor] | None = None
+        self.count_usage = True
 
     # -- freezing -------------------------------------------------------------------------------
     def add_usage(self, counts: Tensor, routings: float) -> None:
@@ -136,13 +138,9 @@ class CrossModalityAdapter(nn.Module):
     def draws_noise(self) -> bool:
         return self.noisy_gating and self.training and not self.dense
 
-    def draw_noise(self, rows: int, device, dtype=torch.float32) -> Tensor:
-        """Standard normal gate noise for this call's rows: drawn for the whole (global) batch
-        and sliced to this rank's rows, so sharding does not change any sample's noise."""
-        if self.shard is None:
-            return torch.randn(rows, self.num_experts, device=device, dtype=torch.float32).to(dtype)
-        n, start, end = self.shard
-        return torch.randn(n, self.num_experts, device=device, dtype=torch.float32)[start:end].to(dtype)
+    def draw_noise(self, rows: int, device) -> dict[str, Tensor]:
+        """Standard normal gate noise, (rows, E) per modality, in the order forward uses it."""
+        return {m: torch.randn(rows, self.num_experts, device=device, dtype=torch.float32) for m in self.modalities}
 
     def _route(self, m: str, gate_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> (chosen expert ids (B, k), their weights (B, k), importance (E,), load (E,))."""
@@ -156,7 +154,9 @@ class CrossModalityAdapter(nn.Module):
         noisy = self.draws_noise
         if noisy:
             noise_std = F.softplus(self.gate_noise[m](gate_in)) + 1e-2
-            noisy_logits = logits + self.draw_noise(logits.shape[0], logits.device, logits.dtype) * noise_std
+            noise = self.noise[m] if self.noise is not None else \
+                torch.randn(logits.shape[0], E, device=logits.device, dtype=torch.float32)
+            noisy_logits = logits + noise.to(logits.dtype) * noise_std
         else:
             noisy_logits = logits
         top_val, top_idx = noisy_logits.topk(min(k + 1, E), dim=-1)
@@ -255,6 +255,6 @@ class CrossModalityAdapter(nn.Module):
             else:
                 counts += torch.bincount(idx.reshape(-1), minlength=self.num_experts).to(counts.dtype)
             routings += idx.shape[0]
-        if self.training and self.shard is None:
+        if self.training and self.count_usage:
             self.add_usage(counts.double(), routings)
         return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats))
