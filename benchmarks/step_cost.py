@@ -152,9 +152,17 @@ def at_task_two(method) -> None:
 
 
 def step_rows(method) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task-2 batch drawn as training draws it: random current rows and the memory rows the
+    method's generator picks next (the generator is rewound before every timed step, so the
+    method, the floor and the forward all see these rows)."""
     cfg = method.cfg
-    cur = method.scenario.tasks[1].train[:cfg.train.batch_size]
-    mem = method.memory.indices()[:cfg.memory.batch_size] if len(getattr(method, "memory", [])) else cur[:0]
+    train = torch.as_tensor(method.scenario.tasks[1].train)
+    cur = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:cfg.train.batch_size]]
+    if not len(getattr(method, "memory", [])):
+        return cur, cur
+    state = method.generator.get_state()
+    mem, _ = method.memory.sample(cfg.memory.batch_size, method.generator)
+    method.generator.set_state(state)
     return cur, torch.cat([cur, mem])
 
 
@@ -167,7 +175,8 @@ def row_groups(model, batch) -> list[dict]:
 
 
 def encoders_forward(model, batch):
-    return [model.encoders[m].pooled(sub[m]) for sub in row_groups(model, batch) for m in model.modalities]
+    return [model.encoders[m].pooled(sub[m], model.length_chunks) for sub in row_groups(model, batch)
+            for m in model.modalities]
 
 
 def floor_step(model, batch, biases):
@@ -180,7 +189,7 @@ def floor_step(model, batch, biases):
             tokens, mask = x["tokens"], x.get("mask")
             for b in range(enc.num_blocks):
                 if b > 0:
-                    tokens, mask = enc.forward_block(b, tokens, mask)
+                    tokens, mask = enc.run_block(b, tokens, mask, model.length_chunks)
                 tokens = tokens + biases[m][b]
             total = total + masked_mean(tokens, mask).float().square().mean()
     total.backward()
@@ -206,7 +215,10 @@ def measure(scale: str, args, device) -> dict:
         opt = torch.optim.AdamW(params, lr=cfg.train.lr)
         model.train()
 
+        generator_state = method.generator.get_state()
+
         def method_step():
+            method.generator.set_state(generator_state)  # the same memory rows every time
             with autocast:
                 loss = sum(method.training_step(cur).values())
             opt.zero_grad(set_to_none=True)

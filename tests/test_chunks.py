@@ -8,7 +8,8 @@ import torch
 
 from mmcl.config import build_config
 from mmcl.engine import Experiment
-from mmcl.model.mmencoder import cut_sizes, length_chunks
+from mmcl.encoders.base import cut_sizes
+from mmcl.model.mmencoder import length_chunks
 from test_end_to_end import tiny_overrides
 
 
@@ -134,3 +135,21 @@ def test_cut_sizes_minimise_padded_work():
             best = min(work([b - a for a, b in zip((0,) + cuts, cuts + (n,))])
                        for c in range(min(k, n)) for cuts in itertools.combinations(range(1, n), c))
             assert work(sizes) == best
+
+
+def test_encoder_blocks_run_in_length_groups_equal_one_padded_call(fake_stamps, cache, tmp_path):
+    exp = experiment(fake_stamps, cache, tmp_path)
+    batch = ragged_batch(exp.method)
+    for m in ("speech", "text"):  # GE2E LSTM and a BERT-style transformer
+        enc, x = exp.model.encoders[m], batch[m]
+        tokens = x["tokens"].clone().requires_grad_(True)
+        one, mask = enc.forward_block(1, tokens, x["mask"])
+        grouped, mask2 = enc.run_block(1, tokens, x["mask"], 3)
+        assert mask2 is x["mask"] and grouped.shape == one.shape
+        valid = x["mask"][..., None]
+        torch.testing.assert_close(grouped * valid, one * valid, atol=1e-5, rtol=1e-4)
+        shortest = int(x["mask"].sum(1).argmin())
+        assert not grouped[shortest, -1].any() and one[shortest, -1].any()  # padding skipped
+        g1, = torch.autograd.grad((one * valid).square().sum(), tokens)
+        g3, = torch.autograd.grad((grouped * valid).square().sum(), tokens)
+        torch.testing.assert_close(g3, g1, atol=1e-5, rtol=1e-4)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -68,13 +69,36 @@ class BlockEncoder(nn.Module):
     def train(self, mode: bool = True) -> "BlockEncoder":  # noqa: ARG002 - always eval
         return super().train(False)
 
-    def pooled(self, item: dict) -> torch.Tensor:
+    def pooled(self, item: dict, groups: int = 1) -> torch.Tensor:
         """A modality's batch entry (cached prefix ``tokens`` + ``mask``, or the encoder's
         inputs) -> the frozen model's pooled last-block features (batch, D), no adapters."""
         tokens, mask = (item["tokens"], item.get("mask")) if "tokens" in item else self.prefix(item)
         for b in range(1, self.num_blocks):
-            tokens, mask = self.forward_block(b, tokens, mask)
+            tokens, mask = self.run_block(b, tokens, mask, groups)
         return masked_mean(tokens, mask)
+
+    def run_block(self, b: int, tokens: torch.Tensor, mask: torch.Tensor | None, groups: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward_block`` with the rows run in up to ``groups`` groups of similar length, each
+        trimmed to its longest row, so padded positions are not computed (they come back as
+        zeros). Exact for the real tokens because every encoder here computes each sample
+        alone and ignores padding (masked attention, unidirectional LSTM, no mask at all)."""
+        if groups <= 1 or mask is None or bool(mask.all()) or mask.shape[0] < 2:
+            return self.forward_block(b, tokens, mask)
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        sizes = cut_sizes(lengths[order].tolist(), groups)
+        N = tokens.shape[1]
+        if len(sizes) == 1:
+            n = max(int(lengths.max()), 1)
+            out, _ = self.forward_block(b, tokens[:, :n], mask[:, :n])
+            return F.pad(out, (0, 0, 0, N - n)), mask
+        outs = []
+        for idx in order.split(sizes):
+            n = max(int(lengths[idx[0]]), 1)
+            out, _ = self.forward_block(b, tokens[idx, :n], mask[idx, :n])
+            outs.append(F.pad(out, (0, 0, 0, N - n)))
+        return torch.cat(outs)[torch.argsort(order)], mask
 
     def forward(self, inputs):  # full pass without adapters (features, probes)
         tokens, mask = self.prefix(inputs)
@@ -89,3 +113,30 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
         return tokens.mean(dim=1)
     w = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def cut_sizes(lengths: list[int], k: int) -> list[int]:
+    """Sizes of at most k consecutive groups of ``lengths`` (sorted in decreasing order) that
+    minimise the padded work sum_groups (group size x its first, longest, length)."""
+    n = len(lengths)
+    ln = np.asarray(lengths, dtype=np.float64)
+    j = np.arange(n + 1)
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0
+    cuts = []
+    best = [cost]
+    for _ in range(min(k, n)):
+        prev = best[-1]
+        # new[j] = min over i < j of prev[i] + ln[i] * (j - i)
+        cand = prev[:n, None] + ln[:, None] * (j[None, :] - np.arange(n)[:, None])
+        cand[np.arange(n)[:, None] >= j[None, :]] = np.inf
+        arg = cand.argmin(0)
+        cuts.append(arg)
+        best.append(np.minimum(cand.min(0), np.inf))
+    groups = int(np.argmin([b[n] for b in best[1:]])) + 1
+    sizes, end = [], n
+    for g in range(groups, 0, -1):
+        start = int(cuts[g - 1][end])
+        sizes.append(end - start)
+        end = start
+    return sizes[::-1]

@@ -190,6 +190,10 @@ class CrossModalityAdapter(nn.Module):
         order = torch.argsort(flat, stable=True)
         sample = torch.div(order, k, rounding_mode="floor")      # sample of each sorted slot
         sizes = torch.bincount(flat, minlength=self.num_experts).tolist()
+        qk = None
+        if self.expert_kind == "cross_attention":  # W_q W_k^T / sqrt(d) of every expert, one product
+            qk = torch.bmm(torch.stack([ex.q for ex in self.experts]),
+                           torch.stack([ex.k for ex in self.experts]).transpose(1, 2)) / math.sqrt(d)
         parts, start = [], 0
         for e, n in enumerate(sizes):
             if n == 0:
@@ -197,28 +201,30 @@ class CrossModalityAdapter(nn.Module):
             rows = sample[start:start + n]
             start += n
             parts.append(self._expert(e, x.index_select(0, rows), ctx.index_select(0, rows),
-                                      None if ctx_mask is None else ctx_mask.index_select(0, rows)))
+                                      None if ctx_mask is None else ctx_mask.index_select(0, rows),
+                                      None if qk is None else qk[e]))
         sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
         out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)   # back to (sample, slot)
         out = out * w.reshape(-1, 1, 1).to(out.dtype)
         return out.view(B, k, N, d).sum(1)
 
-    def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None) -> Tensor:
-        """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d)."""
+    def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, qk: Tensor | None = None) -> Tensor:
+        """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d). ``qk``: W_q W_k^T / sqrt(d)
+        of this expert when the caller computed it for all experts at once."""
         ex, d = self.experts[e], x.shape[-1]
         if self.expert_kind == "cross_attention":
-            kk = ctx @ ex.k                                                  # (n, M, d)
-            if x.shape[1] > ctx.shape[1]:
-                # (x Wq) kk^T = x (kk Wq^T)^T: with fewer context tokens M than tokens N this
-                # costs M d^2 instead of N d^2 (exact up to rounding).
-                att = torch.bmm(x, (kk @ ex.q.t()).transpose(1, 2))
-            else:
-                att = torch.bmm(x @ ex.q, kk.transpose(1, 2))
-            att = att / math.sqrt(d)                                         # (n, N, M)
-            v = ctx @ ex.v
+            # softmax((x Wq)(ctx Wk)^T / sqrt d) (ctx Wv), with A = Wq Wk^T / sqrt d multiplied
+            # first and each product ordered by the smaller of N (tokens) and M (context):
+            # logits = x (ctx A^T)^T or (x A) ctx^T, output = att (ctx Wv) or (att ctx) Wv,
+            # min(N, M) d^2 + N M d multiply-adds each instead of (N + 2M) d^2 + 2 N M d in all.
+            if qk is None:
+                qk = (ex.q @ ex.k.t()) / math.sqrt(d)
+            small_n = x.shape[1] < ctx.shape[1]
+            att = torch.bmm(x @ qk, ctx.transpose(1, 2)) if small_n else torch.bmm(x, (ctx @ qk.t()).transpose(1, 2))
             if ctx_mask is not None:
                 att = att.masked_fill(~ctx_mask[:, None, :], float("-inf"))
-            return torch.bmm(att.softmax(-1), v)
+            att = att.softmax(-1)                                            # (n, N, M)
+            return torch.bmm(att, ctx) @ ex.v if small_n else torch.bmm(att, ctx @ ex.v)
         # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
         cpool = masked_mean(ctx, ctx_mask)                                   # (n, d)
         chan = torch.sigmoid(torch.cat([x.mean(1), cpool], -1) @ ex.c)       # (n, d)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcl.encoders.base import BlockEncoder, masked_mean
+from mmcl.encoders.base import BlockEncoder, cut_sizes, masked_mean
 from mmcl.model.adapter import CrossModalityAdapter, balance_from_stats
 from mmcl.model.prompts import inject, strip
 
@@ -133,7 +132,8 @@ class MMModel(nn.Module):
                 for m in self.modalities:
                     p = prompts.get(m, {}).get(b)
                     if p is None and not carried[m]:
-                        tokens[m], masks[m] = self.encoders[m].forward_block(b, tokens[m], masks[m])
+                        tokens[m], masks[m] = self.encoders[m].run_block(b, tokens[m], masks[m],
+                                                                        self.length_chunks)
                     else:
                         tokens[m], masks[m], carried[m] = inject(self.encoders[m], b, p, tokens[m], masks[m],
                                                                  carried[m], persist)
@@ -246,29 +246,3 @@ def length_chunks(batch: dict, modalities, k: int) -> list[tuple[Tensor, dict]] 
         out.append((idx, sub))
     return out
 
-
-def cut_sizes(lengths: list[int], k: int) -> list[int]:
-    """Sizes of at most k consecutive groups of ``lengths`` (sorted in decreasing order) that
-    minimise the padded work sum_groups (group size x its first, longest, length)."""
-    n = len(lengths)
-    ln = np.asarray(lengths, dtype=np.float64)
-    j = np.arange(n + 1)
-    cost = np.full(n + 1, np.inf)
-    cost[0] = 0.0
-    cuts = []
-    best = [cost]
-    for _ in range(min(k, n)):
-        prev = best[-1]
-        # new[j] = min over i < j of prev[i] + ln[i] * (j - i)
-        cand = prev[:n, None] + ln[:, None] * (j[None, :] - np.arange(n)[:, None])
-        cand[np.arange(n)[:, None] >= j[None, :]] = np.inf
-        arg = cand.argmin(0)
-        cuts.append(arg)
-        best.append(np.minimum(cand.min(0), np.inf))
-    groups = int(np.argmin([b[n] for b in best[1:]])) + 1
-    sizes, end = [], n
-    for g in range(groups, 0, -1):
-        start = int(cuts[g - 1][end])
-        sizes.append(end - start)
-        end = start
-    return sizes[::-1]
