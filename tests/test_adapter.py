@@ -185,3 +185,34 @@ def test_classifier_heads_follow_the_model_device():
     c.grow(3)
     c.grow(2)
     assert all(p.device.type == "meta" for p in c.parameters())
+
+
+def test_pooled_last_block_equals_the_mean_of_its_tokens():
+    """pool=True (the last block) computes mean(tokens) + up(mean(mixed)) without per-token
+    outputs: the same values and gradients as averaging the full output."""
+    from mmcl.encoders.base import masked_mean
+    for kind in ("cross_attention", "channel_token_map"):
+        a = adapter(expert=kind)
+        perturb(a)
+        with torch.no_grad():
+            for m in a.modalities:
+                a.up[m].bias.normal_()
+        a.eval()
+        tokens, masks = make_inputs(B=5)
+        masks["text"][1] = False  # a sample without any valid token: its mean is 0 either way
+        tokens = {m: t.requires_grad_(True) for m, t in tokens.items()}
+        full, _ = a(tokens, masks)
+        pooled, _ = a(tokens, masks, pool=True)
+        for m in WIDTHS:
+            assert pooled[m].shape == (5, WIDTHS[m])
+            torch.testing.assert_close(pooled[m], masked_mean(full[m], masks[m]), rtol=1e-5, atol=1e-5)
+        assert not pooled["text"][1].any()
+        params = [p for p in a.parameters() if p.requires_grad]
+        ref = sum(masked_mean(full[m], masks[m]).square().sum() for m in WIDTHS)
+        new = sum(pooled[m].square().sum() for m in WIDTHS)
+        g_ref = torch.autograd.grad(ref, params + list(tokens.values()), allow_unused=True)
+        g_new = torch.autograd.grad(new, params + list(tokens.values()), allow_unused=True)
+        for x, y in zip(g_ref, g_new):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)

@@ -178,8 +178,11 @@ class CrossModalityAdapter(nn.Module):
         return idx, w, importance, load
 
     # -- experts --------------------------------------------------------------------------------
-    def _run_experts(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, idx: Tensor, w: Tensor) -> Tensor:
-        """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d).
+    def _run_experts(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, idx: Tensor, w: Tensor,
+                     pool_w: Tensor | None = None, qk: Tensor | None = None) -> Tensor:
+        """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d),
+        or with ``pool_w`` (B,N) token weights its weighted sum over tokens (B,d). ``qk``: the
+        experts' W_q W_k^T / sqrt(d), (E,d,d), when the caller computed it (see qk_products).
 
         The (sample, slot) pairs are grouped by expert; each chosen expert runs once on all of
         its samples (one matrix product per weight over n_e x N rows), experts nobody chose
@@ -190,10 +193,6 @@ class CrossModalityAdapter(nn.Module):
         order = torch.argsort(flat, stable=True)
         sample = torch.div(order, k, rounding_mode="floor")      # sample of each sorted slot
         sizes = torch.bincount(flat, minlength=self.num_experts).tolist()
-        qk = None
-        if self.expert_kind == "cross_attention":  # W_q W_k^T / sqrt(d) of every expert, one product
-            qk = torch.bmm(torch.stack([ex.q for ex in self.experts]),
-                           torch.stack([ex.k for ex in self.experts]).transpose(1, 2)) / math.sqrt(d)
         parts, start = [], 0
         for e, n in enumerate(sizes):
             if n == 0:
@@ -202,14 +201,26 @@ class CrossModalityAdapter(nn.Module):
             start += n
             parts.append(self._expert(e, x.index_select(0, rows), ctx.index_select(0, rows),
                                       None if ctx_mask is None else ctx_mask.index_select(0, rows),
-                                      None if qk is None else qk[e]))
+                                      None if qk is None else qk[e],
+                                      None if pool_w is None else pool_w.index_select(0, rows)))
         sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
         out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)   # back to (sample, slot)
-        out = out * w.reshape(-1, 1, 1).to(out.dtype)
-        return out.view(B, k, N, d).sum(1)
+        out = out * w.reshape(-1, *([1] * (out.dim() - 1))).to(out.dtype)
+        return out.view(B, k, *out.shape[1:]).sum(1)
 
-    def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, qk: Tensor | None = None) -> Tensor:
-        """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d). ``qk``: W_q W_k^T / sqrt(d)
+    def qk_products(self) -> Tensor | None:
+        """W_q W_k^T / sqrt(d) of every expert (E, d, d) in one product, shared by the modalities
+        of a forward call (cross-attention experts only)."""
+        if self.expert_kind != "cross_attention":
+            return None
+        return torch.bmm(torch.stack([ex.q for ex in self.experts]),
+                         torch.stack([ex.k for ex in self.experts]).transpose(1, 2)) / math.sqrt(self.dim)
+
+    def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, qk: Tensor | None = None,
+                pool_w: Tensor | None = None) -> Tensor:
+        """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d), or with ``pool_w`` (n,N)
+        the token-weighted sum of that output (n,d), computed without the per-token output
+        (the attention map is pooled before it meets the values). ``qk``: W_q W_k^T / sqrt(d)
         of this expert when the caller computed it for all experts at once."""
         ex, d = self.experts[e], x.shape[-1]
         if self.expert_kind == "cross_attention":
@@ -224,19 +235,28 @@ class CrossModalityAdapter(nn.Module):
             if ctx_mask is not None:
                 att = att.masked_fill(~ctx_mask[:, None, :], float("-inf"))
             att = att.softmax(-1)                                            # (n, N, M)
+            if pool_w is not None:                                           # (n, 1, M) @ ctx Wv
+                return (torch.bmm(pool_w[:, None, :].to(att.dtype), att) @ ctx).squeeze(1) @ ex.v
             return torch.bmm(att, ctx) @ ex.v if small_n else torch.bmm(att, ctx @ ex.v)
         # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
         cpool = masked_mean(ctx, ctx_mask)                                   # (n, d)
         chan = torch.sigmoid(torch.cat([x.mean(1), cpool], -1) @ ex.c)       # (n, d)
         tok = torch.sigmoid(torch.bmm(x @ ex.t, cpool[:, :, None]) / math.sqrt(d))  # (n, N, 1)
+        if pool_w is not None:
+            return chan * torch.bmm((pool_w[:, :, None].to(tok.dtype) * tok).transpose(1, 2), x).squeeze(1)
         return chan[:, None, :] * tok * x
 
-    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None]
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None], pool: bool = False
                 ) -> tuple[dict[str, Tensor], Routing]:
+        """-> (new tokens per modality (B,N,D), routing). ``pool=True`` (the last block, whose
+        tokens are only ever averaged) returns the mean of the new tokens over valid tokens
+        (B,D) instead, computed as mean(tokens) + up(mean(mixed)): the up projection and the
+        experts' value products then run once per sample, not once per token."""
         down = {m: self.down[m](tokens[m]) for m in self.modalities}
         pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
         ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
         out, balance, stats = {}, 0.0, []
+        qk = self.qk_products()
         counts = torch.zeros(self.num_experts, device=next(iter(down.values())).device)
         routings = 0
         for m in self.modalities:
@@ -253,8 +273,20 @@ class CrossModalityAdapter(nn.Module):
                 cmask = torch.cat([c if c is not None else torch.ones(ctx_tokens[j][0].shape[:2], dtype=torch.bool,
                                                                       device=ctx.device)
                                    for c, j in zip(cmasks, others)], 1)
-            mixed = self._run_experts(down[m], ctx, cmask, idx, w)
-            out[m] = tokens[m] + self.up[m](mixed)
+            if pool:
+                mask = masks.get(m)
+                if mask is None:
+                    mask = torch.ones(down[m].shape[:2], dtype=torch.bool, device=down[m].device)
+                n_valid = mask.sum(1, keepdim=True)
+                pool_w = mask.to(down[m].dtype) / n_valid.clamp_min(1)
+                has_tokens = (n_valid > 0).to(down[m].dtype)  # an empty sample's mean is 0
+                mean_tokens = masked_mean(tokens[m], mask)
+                mixed = self._run_experts(down[m], ctx, cmask, idx, w, pool_w, qk)      # (B, d)
+                up = self.up[m]
+                out[m] = mean_tokens + F.linear(mixed, up.weight) + up.bias * has_tokens
+            else:
+                mixed = self._run_experts(down[m], ctx, cmask, idx, w, qk=qk)
+                out[m] = tokens[m] + self.up[m](mixed)
             balance = balance + bal
             if self.dense:
                 counts += w.detach().sum(0).to(counts.dtype)

@@ -113,9 +113,10 @@ class MMModel(nn.Module):
         a = self.adapters[0]
         return (len(self.adapters), len(a.modalities), 2, a.num_experts)
 
-    def encode(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor | None], list]:
-        """Run the frozen blocks with adapters; returns the last tokens and masks per modality
-        and each block's Routing."""
+    def encode(self, batch: dict) -> tuple[dict[str, Tensor], list]:
+        """Run the frozen blocks with adapters; returns each modality's last-block tokens
+        averaged over its valid tokens (B, D) and each block's Routing. The last adapter
+        returns that average directly (CrossModalityAdapter pool=True)."""
         tokens, masks = {}, {}
         for m in self.modalities:
             x = batch[m]
@@ -140,11 +141,15 @@ class MMModel(nn.Module):
             if self.adapters:
                 if any(carried.values()):
                     raise ValueError("persistent prompts and cross-modality adapters cannot be combined")
-                tokens, r = self.adapters[b](tokens, masks)
+                last = b == self.num_blocks - 1
+                tokens, r = self.adapters[b](tokens, masks, pool=last)
                 routing.append(r)
+                if last:
+                    return tokens, routing
+        pooled = {}
         for m in self.modalities:
-            tokens[m], masks[m] = strip(tokens[m], masks[m], carried[m])
-        return tokens, masks, routing
+            pooled[m] = masked_mean(*strip(tokens[m], masks[m], carried[m]))
+        return pooled, routing
 
     def forward(self, batch: dict) -> Output:
         """Logits and representations of a batch. Rows are run in up to ``model.length_chunks``
@@ -185,14 +190,14 @@ class MMModel(nn.Module):
             a.noise = None if noise is None else noise[b]
             a.count_usage = self._shard is None
         try:
-            tokens, masks, routing = self.encode(batch)
+            pooled, routing = self.encode(batch)
         finally:
             for a in self.adapters:
                 a.noise, a.count_usage = None, True
         balance = 0.0
         for r in routing:
             balance = balance + r.balance
-        z_mod = {m: self.proj[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
+        z_mod = {m: self.proj[m](pooled[m]) for m in self.modalities}
         z_joint = self.fusion(torch.cat([z_mod[m] for m in self.modalities], dim=-1))
         return Output(self.classifier(z_joint), z_mod, z_joint, balance, [r.counts for r in routing],
                       [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None)
