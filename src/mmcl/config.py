@@ -155,9 +155,11 @@ class ModelConfig:
     pool: str = doc("token pooling before projection: 'mean' (over valid tokens)", "mean")
     input_norm: bool = doc("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
     adapters: bool = doc("cross-modality adapters after every block; false = frozen features only", True)
-    length_chunks: int = doc("run a batch's rows in up to this many groups of similar length, each trimmed "
-                             "to its longest sample, so padded tokens are not computed (exact up to "
-                             "rounding; 1 = one group padded to the longest row)", 2)
+    length_chunks: int = doc("skip padding: a batch's rows run in up to this many groups of similar length "
+                             "(by the most padded modality), and each encoder block's rows in up to this "
+                             "many groups by that modality's own lengths, each group trimmed to its "
+                             "longest row (exact up to rounding; 1 = everything padded to the longest "
+                             "row)", 2)
 
 
 @dataclass

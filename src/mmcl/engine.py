@@ -529,7 +529,12 @@ class Experiment:
     def run(self, fresh: bool = False) -> dict:
         try:
             with self._signals():
-                return self._run(fresh)
+                results = self._run(fresh)
+            # Every rank leaves together: gloo aborted now and then ("terminate called without an
+            # active exception") when one rank tore the group down while the other was still
+            # writing the run's reports. Not on errors: a failed rank would leave the others waiting.
+            self.dist.barrier()
+            return results
         finally:
             self.dist.destroy()
 
