@@ -65,7 +65,7 @@ def test_only_chosen_experts_run():
     assert any(not torch.isfinite(out[m]).all() for m in WIDTHS)
 
 
-def naive_experts(a, x, ctx, cmask, idx, w):
+def naive_experts(a, x, ctx, cmask, idx, w, xmask=None):
     """Reference: every (sample, slot) through its expert, one at a time."""
     import math
     out = torch.zeros_like(x)
@@ -81,7 +81,8 @@ def naive_experts(a, x, ctx, cmask, idx, w):
             else:
                 valid = ctx[i] if cmask is None else ctx[i][cmask[i]]
                 cp = valid.mean(0)
-                chan = torch.sigmoid(torch.cat([x[i].mean(0), cp]) @ ex.c)
+                xi = x[i] if xmask is None else x[i][xmask[i]]
+                chan = torch.sigmoid(torch.cat([xi.mean(0), cp]) @ ex.c)
                 tok = torch.sigmoid((x[i] @ ex.t) @ cp[:, None] / math.sqrt(d))
                 y = chan[None, :] * tok * x[i]
             out[i] += w[i, s] * y
@@ -98,8 +99,11 @@ def test_grouped_dispatch_equals_running_each_sample_through_its_experts():
         cmask[2, 3:] = False
         idx = torch.tensor([[3, 1], [1, 3], [0, 9], [9, 9], [4, 2], [2, 4], [3, 0]])
         w = torch.rand(7, 2, generator=g)
-        got = a._run_experts(x, ctx, cmask, idx, w)
-        torch.testing.assert_close(got, naive_experts(a, x, ctx, cmask, idx, w), rtol=1e-5, atol=1e-5)
+        xmask = torch.ones(7, N, dtype=torch.bool)
+        xmask[4, N // 2:] = False  # a padded query row
+        got = a._run_experts(x, ctx, cmask, idx, w, x_mask=xmask)
+        ref = naive_experts(a, x, ctx, cmask, idx, w, xmask)
+        torch.testing.assert_close(got[xmask], ref[xmask], rtol=1e-5, atol=1e-5)
 
 
 def test_dense_computes_every_expert():

@@ -8,7 +8,7 @@ import torch
 
 from mmcl.config import build_config
 from mmcl.engine import Experiment
-from mmcl.encoders.base import cut_sizes
+from mmcl.encoders.base import cut_sizes, valid_lengths
 from mmcl.model.mmencoder import length_chunks
 from test_end_to_end import tiny_overrides
 
@@ -30,6 +30,8 @@ def ragged_batch(method, rows: int = 12):
         lengths = torch.randint(1, n + 1, (rows,), generator=g)
         lengths[0] = n
         x["mask"] = torch.arange(n)[None, :] < lengths[:, None]
+        x["mask"][1, :2] = False  # one row padded on the left too: trimming must keep its end
+        x["mask"][1, 2:4] = True
         pad = ~x["mask"]
         x["tokens"] = torch.where(pad[..., None], 100 * torch.randn(x["tokens"].shape, generator=g), x["tokens"])
     return batch
@@ -58,12 +60,13 @@ def test_chunks_sort_by_the_most_padded_modality_and_trim_each_group(fake_stamps
     assert parts is not None and 2 <= len(parts) <= 3
     rows = torch.cat([idx for idx, _ in parts])
     assert sorted(rows.tolist()) == list(range(12))
-    lengths = batch["speech"]["mask"].sum(1)
+    lengths = valid_lengths(batch["speech"]["mask"])
     assert lengths[rows].tolist() == sorted(lengths.tolist(), reverse=True)  # longest first
     for idx, sub in parts:
         for m in ("speech", "text"):
             mask = sub[m]["mask"]
-            assert sub[m]["tokens"].shape[1] == mask.shape[1] == int(batch[m]["mask"][idx].sum(1).max())
+            assert sub[m]["tokens"].shape[1] == mask.shape[1] == int(valid_lengths(batch[m]["mask"][idx]).max())
+            assert int(mask.sum()) == int(batch[m]["mask"][idx].sum())  # no valid token dropped
             assert torch.equal(sub[m]["tokens"][mask], batch[m]["tokens"][idx][:, :mask.shape[1]][mask])
         assert torch.equal(sub["image"]["tokens"], batch["image"]["tokens"][idx])
         assert torch.equal(sub["label"], batch["label"][idx])
@@ -76,8 +79,9 @@ def test_chunks_sort_by_the_most_padded_modality_and_trim_each_group(fake_stamps
     assert length_chunks(full, exp.model.modalities, 3) is None
 
 
-def test_chunked_forward_and_gradients_equal_the_padded_batch(fake_stamps, cache, tmp_path):
-    exp = experiment(fake_stamps, cache, tmp_path)
+@pytest.mark.parametrize("expert", ["cross_attention", "channel_token_map"])
+def test_chunked_forward_and_gradients_equal_the_padded_batch(expert, fake_stamps, cache, tmp_path):
+    exp = experiment(fake_stamps, cache, tmp_path, **{"adapter.expert": expert})
     model, batch = exp.model, ragged_batch(exp.method)
     assert length_chunks(batch, model.modalities, 4) is not None
 
@@ -148,7 +152,7 @@ def test_encoder_blocks_run_in_length_groups_equal_one_padded_call(fake_stamps, 
         assert mask2 is x["mask"] and grouped.shape == one.shape
         valid = x["mask"][..., None]
         torch.testing.assert_close(grouped * valid, one * valid, atol=1e-5, rtol=1e-4)
-        shortest = int(x["mask"].sum(1).argmin())
+        shortest = int(valid_lengths(x["mask"]).argmin())
         assert not grouped[shortest, -1].any() and one[shortest, -1].any()  # padding skipped
         g1, = torch.autograd.grad((one * valid).square().sum(), tokens)
         g3, = torch.autograd.grad((grouped * valid).square().sum(), tokens)

@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from mmcl.encoders.base import valid_lengths
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the layout or content of cache files changes
@@ -166,13 +168,6 @@ def _mask_key(tensors: dict[str, torch.Tensor]) -> str | None:
         if k.endswith("mask") and v.dtype == torch.bool and v.dim() == 2:
             return k
     return None
-
-
-def valid_lengths(mask: torch.Tensor) -> torch.Tensor:
-    """(R, N) bool -> (R,) long: one past the last valid position (0 for an all-padding row)."""
-    n = mask.shape[1]
-    pos = torch.arange(1, n + 1, device=mask.device).expand_as(mask)
-    return (pos * mask).amax(dim=1) if n else torch.zeros(mask.shape[0], dtype=torch.long)
 
 
 def _pad_dim1(t: torch.Tensor, n: int) -> torch.Tensor:

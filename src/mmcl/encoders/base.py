@@ -85,7 +85,7 @@ class BlockEncoder(nn.Module):
         alone and ignores padding (masked attention, unidirectional LSTM, no mask at all)."""
         if groups <= 1 or mask is None or bool(mask.all()) or mask.shape[0] < 2:
             return self.forward_block(b, tokens, mask)
-        lengths = mask.sum(1)
+        lengths = valid_lengths(mask)  # trimming keeps every valid token, wherever the padding is
         order = torch.argsort(lengths, descending=True, stable=True)
         sizes = cut_sizes(lengths[order].tolist(), groups)
         N = tokens.shape[1]
@@ -105,6 +105,13 @@ class BlockEncoder(nn.Module):
         for b in range(1, self.num_blocks):
             tokens, mask = self.forward_block(b, tokens, mask)
         return tokens, mask
+
+
+def valid_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """(R, N) bool -> (R,) long: one past the last valid position (0 for an all-padding row)."""
+    n = mask.shape[1]
+    pos = torch.arange(1, n + 1, device=mask.device).expand_as(mask)
+    return (pos * mask).amax(dim=1) if n else torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

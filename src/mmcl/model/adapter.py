@@ -179,7 +179,7 @@ class CrossModalityAdapter(nn.Module):
 
     # -- experts --------------------------------------------------------------------------------
     def _run_experts(self, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, idx: Tensor, w: Tensor,
-                     pool_w: Tensor | None = None, qk: Tensor | None = None) -> Tensor:
+                     pool_w: Tensor | None = None, qk: Tensor | None = None, x_mask: Tensor | None = None) -> Tensor:
         """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d),
         or with ``pool_w`` (B,N) token weights its weighted sum over tokens (B,d). ``qk``: the
         experts' W_q W_k^T / sqrt(d), (E,d,d), when the caller computed it (see qk_products).
@@ -202,7 +202,8 @@ class CrossModalityAdapter(nn.Module):
             parts.append(self._expert(e, x.index_select(0, rows), ctx.index_select(0, rows),
                                       None if ctx_mask is None else ctx_mask.index_select(0, rows),
                                       None if qk is None else qk[e],
-                                      None if pool_w is None else pool_w.index_select(0, rows)))
+                                      None if pool_w is None else pool_w.index_select(0, rows),
+                                      None if x_mask is None else x_mask.index_select(0, rows)))
         sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
         out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)   # back to (sample, slot)
         out = out * w.reshape(-1, *([1] * (out.dim() - 1))).to(out.dtype)
@@ -217,7 +218,7 @@ class CrossModalityAdapter(nn.Module):
                          torch.stack([ex.k for ex in self.experts]).transpose(1, 2)) / math.sqrt(self.dim)
 
     def _expert(self, e: int, x: Tensor, ctx: Tensor, ctx_mask: Tensor | None, qk: Tensor | None = None,
-                pool_w: Tensor | None = None) -> Tensor:
+                pool_w: Tensor | None = None, x_mask: Tensor | None = None) -> Tensor:
         """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d), or with ``pool_w`` (n,N)
         the token-weighted sum of that output (n,d), computed without the per-token output
         (the attention map is pooled before it meets the values). ``qk``: W_q W_k^T / sqrt(d)
@@ -240,7 +241,8 @@ class CrossModalityAdapter(nn.Module):
             return torch.bmm(att, ctx) @ ex.v if small_n else torch.bmm(att, ctx @ ex.v)
         # channel_token_map (DG-SCT style): sigmoid channel map x sigmoid token map
         cpool = masked_mean(ctx, ctx_mask)                                   # (n, d)
-        chan = torch.sigmoid(torch.cat([x.mean(1), cpool], -1) @ ex.c)       # (n, d)
+        # the channel map sees the mean of the real tokens only (padding must not change it)
+        chan = torch.sigmoid(torch.cat([masked_mean(x, x_mask), cpool], -1) @ ex.c)  # (n, d)
         tok = torch.sigmoid(torch.bmm(x @ ex.t, cpool[:, :, None]) / math.sqrt(d))  # (n, N, 1)
         if pool_w is not None:
             return chan * torch.bmm((pool_w[:, :, None].to(tok.dtype) * tok).transpose(1, 2), x).squeeze(1)
@@ -281,11 +283,11 @@ class CrossModalityAdapter(nn.Module):
                 pool_w = mask.to(down[m].dtype) / n_valid.clamp_min(1)
                 has_tokens = (n_valid > 0).to(down[m].dtype)  # an empty sample's mean is 0
                 mean_tokens = masked_mean(tokens[m], mask)
-                mixed = self._run_experts(down[m], ctx, cmask, idx, w, pool_w, qk)      # (B, d)
+                mixed = self._run_experts(down[m], ctx, cmask, idx, w, pool_w, qk, masks.get(m))  # (B, d)
                 up = self.up[m]
                 out[m] = mean_tokens + F.linear(mixed, up.weight) + up.bias * has_tokens
             else:
-                mixed = self._run_experts(down[m], ctx, cmask, idx, w, qk=qk)
+                mixed = self._run_experts(down[m], ctx, cmask, idx, w, qk=qk, x_mask=masks.get(m))
                 out[m] = tokens[m] + self.up[m](mixed)
             balance = balance + bal
             if self.dense:

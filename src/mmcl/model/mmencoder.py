@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mmcl.encoders.base import BlockEncoder, cut_sizes, masked_mean
+from mmcl.encoders.base import BlockEncoder, cut_sizes, masked_mean, valid_lengths
 from mmcl.model.adapter import CrossModalityAdapter, balance_from_stats
 from mmcl.model.prompts import inject, strip
 
@@ -229,7 +229,7 @@ def length_chunks(batch: dict, modalities, k: int) -> list[tuple[Tensor, dict]] 
     if rows < 2 or not padded or max(padded.values()) == 0:
         return None
     key = max(padded, key=padded.get)
-    lengths = batch[key]["mask"].sum(1)
+    lengths = valid_lengths(batch[key]["mask"])
     order = torch.argsort(lengths, descending=True, stable=True)
     sizes = cut_sizes(lengths[order].tolist(), k)
     if len(sizes) == 1:
@@ -242,7 +242,7 @@ def length_chunks(batch: dict, modalities, k: int) -> list[tuple[Tensor, dict]] 
                 sub[name] = {kk: (v.index_select(0, idx) if isinstance(v, Tensor) else v) for kk, v in item.items()}
                 mask = sub[name].get("mask") if "tokens" in sub[name] else None
                 if mask is not None:
-                    n = max(int(mask.sum(1).max()), 1)
+                    n = max(int(valid_lengths(mask).max()), 1)
                     sub[name]["tokens"], sub[name]["mask"] = sub[name]["tokens"][:, :n], mask[:, :n]
             elif isinstance(item, Tensor) and item.dim() and item.shape[0] == rows:
                 sub[name] = item.index_select(0, idx)
