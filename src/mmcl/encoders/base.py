@@ -83,22 +83,21 @@ class BlockEncoder(nn.Module):
         trimmed to its longest row, so padded positions are not computed (they come back as
         zeros). Exact for the real tokens because every encoder here computes each sample
         alone and ignores padding (masked attention, unidirectional LSTM, no mask at all)."""
-        if groups <= 1 or mask is None or bool(mask.all()) or mask.shape[0] < 2:
+        parts = length_groups(mask, groups)
+        if parts is None:
             return self.forward_block(b, tokens, mask)
-        lengths = valid_lengths(mask)  # trimming keeps every valid token, wherever the padding is
-        order = torch.argsort(lengths, descending=True, stable=True)
-        sizes = cut_sizes(lengths[order].tolist(), groups)
+        lengths, order = parts
         N = tokens.shape[1]
-        if len(sizes) == 1:
+        if len(order) == 1:  # one group: trim the trailing padding only, no reordering
             n = max(int(lengths.max()), 1)
             out, _ = self.forward_block(b, tokens[:, :n], mask[:, :n])
             return F.pad(out, (0, 0, 0, N - n)), mask
         outs = []
-        for idx in order.split(sizes):
+        for idx in order:
             n = max(int(lengths[idx[0]]), 1)
             out, _ = self.forward_block(b, tokens[idx, :n], mask[idx, :n])
             outs.append(F.pad(out, (0, 0, 0, N - n)))
-        return torch.cat(outs)[torch.argsort(order)], mask
+        return torch.cat(outs)[torch.argsort(torch.cat(order))], mask
 
     def forward(self, inputs):  # full pass without adapters (features, probes)
         tokens, mask = self.prefix(inputs)
@@ -122,28 +121,37 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def length_groups(mask: torch.Tensor | None, k: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+    """Rows of a padded batch in up to k groups of similar length: -> (valid_lengths(mask), the
+    groups' row indices, longest rows first, cut by cut_sizes), or None when there is nothing
+    to skip (k <= 1, no mask, no padding, one row). Lengths count to the last valid position,
+    so trimming a group to its longest row keeps every valid token wherever the padding is."""
+    if k <= 1 or mask is None or mask.shape[0] < 2 or bool(mask.all()):
+        return None
+    lengths = valid_lengths(mask)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return lengths, order.split(cut_sizes(lengths[order].tolist(), k))
+
+
 def cut_sizes(lengths: list[int], k: int) -> list[int]:
     """Sizes of at most k consecutive groups of ``lengths`` (sorted in decreasing order) that
     minimise the padded work sum_groups (group size x its first, longest, length)."""
     n = len(lengths)
     ln = np.asarray(lengths, dtype=np.float64)
-    j = np.arange(n + 1)
-    cost = np.full(n + 1, np.inf)
-    cost[0] = 0.0
-    cuts = []
-    best = [cost]
+    start, end = np.arange(n)[:, None], np.arange(n + 1)[None, :]
+    best = np.full(n + 1, np.inf)  # best[j]: least work for the first j rows in g groups
+    best[0] = 0.0
+    cuts, totals = [], []
     for _ in range(min(k, n)):
-        prev = best[-1]
-        # new[j] = min over i < j of prev[i] + ln[i] * (j - i)
-        cand = prev[:n, None] + ln[:, None] * (j[None, :] - np.arange(n)[:, None])
-        cand[np.arange(n)[:, None] >= j[None, :]] = np.inf
-        arg = cand.argmin(0)
-        cuts.append(arg)
-        best.append(np.minimum(cand.min(0), np.inf))
-    groups = int(np.argmin([b[n] for b in best[1:]])) + 1
-    sizes, end = [], n
+        # a last group of rows [i, j) costs ln[i] * (j - i) on top of best[i] with one group fewer
+        cand = np.where(start < end, best[:n, None] + ln[:, None] * (end - start), np.inf)
+        cuts.append(cand.argmin(0))
+        best = cand.min(0)
+        totals.append(best[n])
+    groups = int(np.argmin(totals)) + 1
+    sizes, j = [], n
     for g in range(groups, 0, -1):
-        start = int(cuts[g - 1][end])
-        sizes.append(end - start)
-        end = start
+        i = int(cuts[g - 1][j])
+        sizes.append(j - i)
+        j = i
     return sizes[::-1]

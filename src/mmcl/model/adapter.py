@@ -182,13 +182,15 @@ class CrossModalityAdapter(nn.Module):
                      pool_w: Tensor | None = None, qk: Tensor | None = None, x_mask: Tensor | None = None) -> Tensor:
         """Sparse dispatch: x (B,N,d), ctx (B,M,d), idx/w (B,k) -> sum_k w * expert_idx(x) (B,N,d),
         or with ``pool_w`` (B,N) token weights its weighted sum over tokens (B,d). ``qk``: the
-        experts' W_q W_k^T / sqrt(d), (E,d,d), when the caller computed it (see qk_products).
+        experts' W_q W_k^T / sqrt(d), (E,d,d) (qk_products; computed here when not given).
 
         The (sample, slot) pairs are grouped by expert; each chosen expert runs once on all of
         its samples (one matrix product per weight over n_e x N rows), experts nobody chose
         are not computed, and the results are scattered back to their (sample, slot)."""
         B, N, d = x.shape
         k = idx.shape[1]
+        if qk is None:
+            qk = self.qk_products()
         flat = idx.reshape(-1)                                   # (B*k,) chosen expert per slot
         order = torch.argsort(flat, stable=True)
         sample = torch.div(order, k, rounding_mode="floor")      # sample of each sorted slot
@@ -221,16 +223,14 @@ class CrossModalityAdapter(nn.Module):
                 pool_w: Tensor | None = None, x_mask: Tensor | None = None) -> Tensor:
         """Expert e on its samples: x (n,N,d), ctx (n,M,d) -> (n,N,d), or with ``pool_w`` (n,N)
         the token-weighted sum of that output (n,d), computed without the per-token output
-        (the attention map is pooled before it meets the values). ``qk``: W_q W_k^T / sqrt(d)
-        of this expert when the caller computed it for all experts at once."""
+        (the attention map is pooled before it meets the values). ``qk``: this expert's
+        W_q W_k^T / sqrt(d) (a row of qk_products; cross-attention experts only)."""
         ex, d = self.experts[e], x.shape[-1]
         if self.expert_kind == "cross_attention":
             # softmax((x Wq)(ctx Wk)^T / sqrt d) (ctx Wv), with A = Wq Wk^T / sqrt d multiplied
             # first and each product ordered by the smaller of N (tokens) and M (context):
             # logits = x (ctx A^T)^T or (x A) ctx^T, output = att (ctx Wv) or (att ctx) Wv,
             # min(N, M) d^2 + N M d multiply-adds each instead of (N + 2M) d^2 + 2 N M d in all.
-            if qk is None:
-                qk = (ex.q @ ex.k.t()) / math.sqrt(d)
             small_n = x.shape[1] < ctx.shape[1]
             att = torch.bmm(x @ qk, ctx.transpose(1, 2)) if small_n else torch.bmm(x, (ctx @ qk.t()).transpose(1, 2))
             if ctx_mask is not None:

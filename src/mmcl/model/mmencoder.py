@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mmcl.encoders.base import BlockEncoder, cut_sizes, masked_mean, valid_lengths
+from mmcl.encoders.base import BlockEncoder, length_groups, masked_mean, valid_lengths
 from mmcl.model.adapter import CrossModalityAdapter, balance_from_stats
 from mmcl.model.prompts import inject, strip
 
@@ -162,7 +162,7 @@ class MMModel(nn.Module):
             if self._shard is not None:
                 total, start, end = self._shard
                 full = self._routing_noise(total, device)
-                noise = None if full is None else [n and {m: v[start:end] for m, v in n.items()} for n in full]
+                noise = noise_rows(full, slice(start, end))
             else:
                 noise = self._routing_noise(rows, device)
         parts = (length_chunks(batch, self.modalities, self.length_chunks)
@@ -171,8 +171,7 @@ class MMModel(nn.Module):
             return self._forward_rows(batch, noise)
         outs, order = [], []
         for idx, sub in parts:
-            outs.append(self._forward_rows(sub, None if noise is None else
-                                           [n and {m: v[idx] for m, v in n.items()} for n in noise]))
+            outs.append(self._forward_rows(sub, noise_rows(noise, idx)))
             order.append(idx)
         inv = torch.argsort(torch.cat(order).to(device))
         logits = torch.cat([o.logits for o in outs])[inv]
@@ -203,6 +202,13 @@ class MMModel(nn.Module):
                       [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None)
 
 
+def noise_rows(noise: list | None, rows) -> list | None:
+    """The rows ``rows`` (slice or index tensor) of pre-drawn gate noise (MMModel._routing_noise)."""
+    if noise is None:
+        return None
+    return [None if n is None else {m: v[rows] for m, v in n.items()} for n in noise]
+
+
 def batch_rows(batch: dict, modalities) -> int:
     return next(iter(batch[modalities[0]].values())).shape[0]
 
@@ -213,9 +219,9 @@ def length_chunks(batch: dict, modalities, k: int) -> list[tuple[Tensor, dict]] 
     nothing would be saved (k <= 1, no padded token sequence, or one row).
 
     Rows are sorted by the valid length of the modality with the most padded token positions
-    (tuxpaint: speech, 44 % of its positions are real in a random batch) and cut into k
-    near-equal groups; every masked modality of a group is then trimmed to the group's
-    longest sample. Exact whenever each sample's result does not depend on the other rows or
+    (tuxpaint: speech, 44 % of its positions are real in a random batch) and cut where the
+    padded work is least (length_groups); every masked modality of a group is then trimmed to
+    the group's longest sample. Exact whenever each sample's result does not depend on the other rows or
     on padding (frozen encoders in eval mode with masks, per-sample routing): the adapters'
     batch statistics are sums over rows, added up by the caller."""
     if k <= 1:
@@ -228,14 +234,11 @@ def length_chunks(batch: dict, modalities, k: int) -> list[tuple[Tensor, dict]] 
     rows = batch_rows(batch, modalities)
     if rows < 2 or not padded or max(padded.values()) == 0:
         return None
-    key = max(padded, key=padded.get)
-    lengths = valid_lengths(batch[key]["mask"])
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sizes = cut_sizes(lengths[order].tolist(), k)
-    if len(sizes) == 1:
+    _, groups = length_groups(batch[max(padded, key=padded.get)]["mask"], k)
+    if len(groups) == 1:
         return None
     out = []
-    for idx in order.split(sizes):
+    for idx in groups:
         sub = {}
         for name, item in batch.items():
             if name in modalities:
