@@ -57,9 +57,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 # The smaller variant used for every method alike (default; --full turns it off).
 QUICK: dict[str, dict] = {
-    "tuxpaint": {"train.epochs": 1, "data.max_stamps_per_class": 10},
-    "tuxpaint-dil": {"train.epochs": 1, "data.max_stamps_per_class": 10,
-                     "data.languages": ["fr", "ru", "es"], "scenario.num_tasks": 3},
+    "tuxpaint": {"train.epochs": 1, "data.tuxpaint.max_stamps_per_class": 10},
+    "tuxpaint-dil": {"train.epochs": 1, "data.tuxpaint.max_stamps_per_class": 10,
+                     "data.tuxpaint.languages": ["fr", "ru", "es"], "scenario.num_tasks": 3},
 }
 
 # Estimated seconds per run on the 2-core CPU of README "Measured results" (full presets: 372 s

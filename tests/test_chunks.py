@@ -40,7 +40,7 @@ def ragged_batch(method, rows: int = 12):
 def experiment(fake_stamps, cache, tmp_path, **extra):
     root, classes = fake_stamps
     cfg = build_config("tuxpaint", tiny_overrides(root, classes, cache, tmp_path / "runs", **{
-        "data.languages": ["fr", "es"], "scenario.num_tasks": 2, "run.device": "cpu",
+        "data.tuxpaint.languages": ["fr", "es"], "scenario.num_tasks": 2, "run.device": "cpu",
         "model.length_chunks": 1, **extra}))
     exp = Experiment(cfg)
     exp.method.begin_task(0)

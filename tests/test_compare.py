@@ -135,7 +135,7 @@ def test_script_plan_skips_finished_runs_and_lists_missing_methods(tmp_path):
     assert status["tuxpaint-dil-no-freeze-s1"] == "todo"
     assert len(jobs) == 12 and [j.seed for j in jobs[:6]] == [0] * 6  # seed-major
     dil = next(j for j in jobs if j.run_dir.name == "tuxpaint-dil-no-freeze-s1")
-    assert "freeze.enabled=false" in dil.overrides and "data.languages=[fr,ru,es]" in dil.overrides
+    assert "freeze.enabled=false" in dil.overrides and "data.tuxpaint.languages=[fr,ru,es]" in dil.overrides
     assert "scenario.num_tasks=3" in dil.overrides and "train.epochs=1" in dil.overrides
     assert dil.command[-2:] == ["--run-dir", str(tmp_path / "tuxpaint-dil-no-freeze-s1")]
     full = ct.plan(["tuxpaint"], ["cma"], [0], tmp_path, quick=False, registered=lambda m: True)
@@ -175,7 +175,7 @@ def test_script_end_to_end_on_the_fixture(fake_stamps, tmp_path, capsys):
     assert ct.main(args) == 0, (tmp_path / "runs" / ".tuxpaint-no-freeze-s0.log").read_text()
     results = json.loads((tmp_path / "runs" / "tuxpaint-no-freeze-s0" / "results.json").read_text())
     assert results["config"]["freeze"]["enabled"] is False
-    assert results["config"]["data"]["max_stamps_per_class"] == 10
+    assert results["config"]["data"]["tuxpaint"]["max_stamps_per_class"] == 10
     md = (tmp_path / "res" / "cmp.md").read_text()
     assert "Command: `python benchmarks/compare_tuxpaint.py" in md and "Date: " in md
     assert "used for every method alike" in md and "| no-freeze | tuxpaint | 1 |" in md
@@ -195,4 +195,4 @@ def test_script_every_planned_run_has_a_valid_config(tmp_path):
             cfg = build_config(j.preset, j.overrides)
             assert cfg.method.name == j.method and cfg.train.epochs == 1
             if j.preset == "tuxpaint-dil":
-                assert list(cfg.data.languages) == ["fr", "ru", "es"] and cfg.scenario.num_tasks == 3
+                assert list(cfg.data.tuxpaint.languages) == ["fr", "ru", "es"] and cfg.scenario.num_tasks == 3

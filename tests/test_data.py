@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import FAKE_CLASSES, LANGUAGES, make_stamp_tree
-from mmcl.config import TUXPAINT_CLASSES, TUXPAINT_LANGUAGES, build_config
+from mmcl.config import build_config
+from mmcl.data.tuxpaint import TUXPAINT_LANGUAGES
+from mmcl.settings import TUXPAINT_CLASSES
 from mmcl.data import DataError, PreparedData, TuxPaint, prepare, split_samples
 from mmcl.data import tuxpaint as tp
 
@@ -74,7 +76,8 @@ class FakeEncoder:
 def make_cfg(root, cache, classes=FAKE_CLASSES, **over):
     d = {"data.root": str(root), "data.cache_dir": str(cache), "data.classes": list(classes),
          "data.image_size": 16, "data.max_text_tokens": 32, "data.max_speech_seconds": 0.4}
-    d.update({f"data.{k}": v for k, v in over.items()})
+    own = ("languages", "max_stamps_per_class")  # the data set's own section
+    d.update({f"data.tuxpaint.{k}" if k in own else f"data.{k}": v for k, v in over.items()})
     return build_config(overrides=d)
 
 
@@ -335,7 +338,7 @@ REAL_COUNTS = {
 @pytest.mark.skipif(not REAL_ROOT.is_dir(), reason="Tux Paint stamps not installed")
 def test_real_stamps_counts(tmp_path):
     cfg = build_config(overrides={"data.root": str(REAL_ROOT), "data.cache_dir": str(tmp_path)})
-    assert cfg.data.classes == TUXPAINT_CLASSES and cfg.data.languages == TUXPAINT_LANGUAGES
+    assert cfg.data.classes == TUXPAINT_CLASSES and cfg.data.tuxpaint.languages == TUXPAINT_LANGUAGES
     ds = TuxPaint(cfg.data)
     records, sources = ds.index()
     per_class = Counter(r["class_name"] for r in records if r["domain"] == 0)

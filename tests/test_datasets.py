@@ -289,7 +289,7 @@ def test_samsemo_domain_incremental_by_language(tmp_path):
     for i in range(3):
         Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(tmp_path / "sam" / "EN" / "enmixed_0" / f"image_{i}.jpg")
     sf.write(tmp_path / "sam" / "EN" / "enmixed_0" / "audio.wav", np.zeros(SR // 4, np.float32), SR)
-    _, first = prepared("samsemo", {**o, "data.multi_label": "first"})
+    _, first = prepared("samsemo", {**o, "data.samsemo.multi_label": "first"})
     assert len(first) == 25 and first.info["left_out"]["several listed emotions"] == 0
     mixed = next(r for r in first.records if r["id"] == "enmixed_0")
     assert mixed["class_name"] == "happiness" and mixed["split"] == "train"
@@ -327,7 +327,7 @@ def test_imu_encoder_fitted_on_task_1_then_frozen(tmp_path, caplog):
     uestc_tree(tmp_path / "uestc")
     o = tiny(tmp_path, **{"data.root": str(tmp_path / "uestc"), "data.classes": ["upstairs", "downstairs"],
                           "scenario.num_tasks": 1, "data.modalities": ["video", "accel"],
-                          "encoders.accel.fit": "first_task", "encoders.accel.fit_epochs": 5,
+                          "encoders.accel.imu.fit": "first_task", "encoders.accel.imu.fit_epochs": 5,
                           "train.lr": 0.01})
     cfg = build_config("uestc-mmea", o)
     random_weights = {k: v.clone() for k, v in build_encoder("accel", cfg).state_dict().items()}
@@ -354,7 +354,7 @@ def test_imu_encoder_fitted_on_task_1_then_frozen(tmp_path, caplog):
     assert any("loaded the accel encoder fitted on task 1" in m for m in caplog.messages)
     for k, v in again.model.encoders["accel"].state_dict().items():
         assert torch_equal(v, enc.state_dict()[k])
-    with pytest.raises(ConfigError, match="encoder 'vit_video' cannot be fitted"):
+    with pytest.raises(ConfigError, match="unknown config key 'encoders.video.fit'"):
         build_config("uestc-mmea", {**o, "encoders.video.fit": "first_task"})
 
 

@@ -69,7 +69,7 @@ def test_class_incremental_run_writes_a_valid_run_folder(fake_stamps, tmp_path, 
 def test_domain_incremental_run_writes_a_valid_run_folder(fake_stamps, tmp_path):
     root, classes = fake_stamps
     o = tiny_overrides(root, classes, tmp_path / "cache", tmp_path / "runs",
-                       **{"data.languages": ["fr", "ru", "es"], "scenario.num_tasks": 3})
+                       **{"data.tuxpaint.languages": ["fr", "ru", "es"], "scenario.num_tasks": 3})
     results = mmcl.run("tuxpaint-dil", o, run_dir=tmp_path / "dil")
     check_run_folder(tmp_path / "dil", 3)
     assert results["scenario"] == "domain"

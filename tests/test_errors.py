@@ -34,7 +34,7 @@ def stamps(tmp_path):
 def overrides(root, tmp_path, **extra) -> dict:
     """A tiny, fast config: tiny random encoders, 2 tasks of 1 class, 1 epoch."""
     o = {"data.root": str(root), "data.cache_dir": str(tmp_path / "cache"), "data.classes": CLASSES,
-         "data.languages": LANGS, "data.image_size": 32, "data.max_speech_seconds": 0.2,
+         "data.tuxpaint.languages": LANGS, "data.image_size": 32, "data.max_speech_seconds": 0.2,
          "encoders.image.source": "random", "encoders.text.source": "random",
          "encoders.speech.source": "random", "encoders.text.width": 16, "encoders.speech.width": 16,
          "model.dim_z": 16, "model.head_hidden": 16, "adapter.dim": 8, "adapter.context_tokens": 4,
@@ -188,9 +188,9 @@ def test_class_without_stamps_suggests_the_closest(stamps, tmp_path, capsys):
 
 
 def test_language_without_recordings(stamps, tmp_path):
-    cfg = build_config(overrides=overrides(stamps, tmp_path, **{"data.languages": ["fr", "de"]}))
+    cfg = build_config(overrides=overrides(stamps, tmp_path, **{"data.tuxpaint.languages": ["fr", "de"]}))
     with pytest.raises(DataError, match=r"'clothes' has 3 stamp\(s\), but none.*clothes_0_desc_de\.ogg.*"
-                                        r"No stamp has a recording in 'de': fix data.languages"):
+                                        r"No stamp has a recording in 'de': fix data.tuxpaint.languages"):
         TuxPaint(cfg.data).discover()
 
 
@@ -206,12 +206,12 @@ def test_more_tasks_than_classes_or_domains(stamps, tmp_path, capsys):
 
 
 def test_class_with_all_stamps_in_one_split(stamps, tmp_path, capsys):
-    o = overrides(stamps, tmp_path, **{"data.max_stamps_per_class": 1})  # 1 stamp: train only
+    o = overrides(stamps, tmp_path, **{"data.tuxpaint.max_stamps_per_class": 1})  # 1 stamp: train only
     code, err = cli(capsys, "run", "tuxpaint", o)
     assert code == 1
     msg = one_line(err)
     assert "task 1 (classes '" in msg and "no test samples" in msg
-    assert "2 train, 0 val, 0 test" in msg and "data.max_stamps_per_class" in msg
+    assert "2 train, 0 val, 0 test" in msg and "data.tuxpaint.max_stamps_per_class" in msg
 
 
 def test_build_scenario_names_task_and_classes():
@@ -246,7 +246,7 @@ def test_build_scenario_names_task_and_classes():
     ("train.precision=bf61", ["'train.precision' = 'bf61' is not one of fp32, bf16", "Did you mean 'bf16'?"]),
     ("data.modalities=[image,txt]", ["unknown value 'txt'", "Did you mean 'text'?"]),
     ("data.classes=[clothes,clothes]", ["lists 'clothes' twice"]),
-    ("data.languages=[]", ["'data.languages' is empty"]),
+    ("data.tuxpaint.languages=[]", ["'data.tuxpaint.languages' is empty"]),
     ("train.lr=0", ["'train.lr' must be greater than 0"]),
     ("memory.size=-1", ["'memory.size' must be at least 0"]),
     ("method.name=cmaa", ["method.name='cmaa' is not a registered method", "Did you mean 'cma'?"]),

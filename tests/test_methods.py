@@ -9,9 +9,11 @@ import torch.nn.functional as F
 
 import mmcl
 from mmcl.config import build_config, method_defaults
-from mmcl.engine import Experiment, Interrupted, KILL_ENV
+from mmcl.engine import Experiment, Interrupted
+from mmcl.resume import KILL_ENV
 from mmcl.io import load_checkpoint, save_checkpoint
-from mmcl.registry import REGISTRIES, load_all
+from mmcl.plugins import load_all
+from mmcl.registry import REGISTRIES
 from test_end_to_end import tiny_overrides
 
 BASELINES = ["finetune", "joint", "er", "lwf", "ewc", "derpp", "icarl"]
@@ -27,7 +29,7 @@ def small(fake_stamps, cache, out, **extra):
     """Two tasks, two languages, image + speech: a few seconds per run."""
     root, classes = fake_stamps
     return tiny_overrides(root, classes, cache, out, **{
-        "data.languages": ["fr", "es"], "data.modalities": ["image", "speech"],
+        "data.tuxpaint.languages": ["fr", "es"], "data.modalities": ["image", "speech"],
         "scenario.num_tasks": 2, "train.batch_size": 6, "memory.size": 8, "memory.batch_size": 4,
         "run.device": "cpu", **extra})
 
@@ -57,7 +59,7 @@ def test_method_runs_two_tasks_end_to_end(method, fake_stamps, cache, tmp_path):
         assert set(lines[0]["train_losses"]) == expected
 
 
-def test_registered_with_a_one_line_description_and_a_yaml():
+def test_registered_with_a_one_line_description_and_adapter_free_defaults():
     load_all()
     for name in BASELINES + PROMPTS:
         cls = REGISTRIES["method"][name]
@@ -104,7 +106,7 @@ def test_joint_trains_on_every_task_seen_so_far(fake_stamps, cache, tmp_path):
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_positive_away(fake_stamps, cache, tmp_path):
-    exp = experiment(fake_stamps, cache, tmp_path, "ewc", **{"train.epochs": 1, "method.ewc_lambda": 10.0})
+    exp = experiment(fake_stamps, cache, tmp_path, "ewc", **{"train.epochs": 1, "method.ewc.penalty": 10.0})
     m = exp.method
     assert float(m.penalty().detach()) == 0.0 and not m.fisher
     exp.train_task(0)
@@ -125,7 +127,7 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_positive_away(fake_stamps, cache,
     old = {k: v.clone() for k, v in m.fisher.items()}
     new = m.fisher_diagonal(exp.scenario.tasks[1].train)
     m.end_task(1)
-    assert torch.allclose(m.fisher[name], exp.cfg.method.ewc_gamma * old[name] + new[name])
+    assert torch.allclose(m.fisher[name], exp.cfg.method.ewc.gamma * old[name] + new[name])
 
 
 def test_lwf_targets_are_the_previous_models_outputs(fake_stamps, cache, tmp_path):

@@ -25,8 +25,8 @@ def small(fake_stamps, cache, out, **extra):
     """Two tasks, all three modalities (CNN: additive prompts; LSTM and transformer: prepended)."""
     root, classes = fake_stamps
     return tiny_overrides(root, classes, cache, out, **{
-        "data.languages": ["fr", "es"], "scenario.num_tasks": 2, "train.batch_size": 6,
-        "run.device": "cpu", "method.coda_components": 3, **extra})
+        "data.tuxpaint.languages": ["fr", "es"], "scenario.num_tasks": 2, "train.batch_size": 6,
+        "run.device": "cpu", "method.codaprompt.components": 3, **extra})
 
 
 def experiment(fake_stamps, cache, tmp_path, method, **extra) -> Experiment:
@@ -85,7 +85,7 @@ def test_prompts_enter_every_kind_of_encoder(fake_stamps, cache, tmp_path):
 
 
 def test_l2p_chooses_the_prompts_whose_keys_match_the_query(fake_stamps, cache, tmp_path):
-    exp = experiment(fake_stamps, cache, tmp_path, "l2p", **{"method.l2p_pool": 6, "method.l2p_top_k": 2})
+    exp = experiment(fake_stamps, cache, tmp_path, "l2p", **{"method.l2p.pool": 6, "method.l2p.top_k": 2})
     pr = exp.model.prompter
     m = pr.modalities[0]
     dq = pr.query_dims[m]

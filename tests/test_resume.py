@@ -25,7 +25,7 @@ def small_overrides(root, classes, cache, **extra):
     """tiny_overrides, smaller still: 2 languages, image + speech (no transformers import),
     2 tasks, batches of 6, one thread (bit-identical floats need the same thread count)."""
     o = tiny_overrides(root, classes, cache, "unused", **{
-        "data.languages": ["fr", "es"], "data.modalities": ["image", "speech"],
+        "data.tuxpaint.languages": ["fr", "es"], "data.modalities": ["image", "speech"],
         "scenario.num_tasks": 2, "train.batch_size": 6,
         "memory.size": 8, "memory.batch_size": 4, "run.threads": 1, "run.device": "cpu"})
     o.update(extra)

@@ -1,8 +1,15 @@
-"""mmcl: multi-modal continual learning."""
-__version__ = "0.1.0"
+"""mmcl: multi-modal continual learning.
+
+``mmcl.run(preset, overrides)`` trains and evaluates (mmcl.api.run); it is imported on first
+use, so that ``import mmcl.settings`` and the command line's help stay light.
+"""
+from mmcl.version import __version__
+
+__all__ = ["__version__", "run"]
 
 
-def run(preset, overrides=None, run_dir=None, fresh=False):
-    """Train and evaluate a preset (resuming a run folder's checkpoint); see mmcl.api.run."""
-    from mmcl.api import run as _run
-    return _run(preset, overrides, run_dir, fresh=fresh)
+def __getattr__(name: str):
+    if name == "run":
+        from mmcl.api import run
+        return run
+    raise AttributeError(f"module 'mmcl' has no attribute '{name}'")

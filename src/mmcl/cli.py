@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "list":
-        from mmcl import registry
+        from mmcl import plugins, registry
+        plugins.load_all()
         print("presets:", ", ".join(preset_names()))
         for kind in ("method", "dataset", "encoder"):
             print(f"{kind}s:")

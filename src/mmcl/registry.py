@@ -1,39 +1,76 @@
-"""Name -> class registries for data sets, encoders and methods (`mmcl list` prints them)."""
+"""Name -> class tables for data sets, encoders and methods, filled by decorators.
+
+A plug-in registers itself with its settings beside it::
+
+    @dataclass
+    class EWCSettings:
+        penalty: float = setting("lambda of the quadratic penalty", 100.0, minimum=0.0)
+
+    @register_method("ewc", settings=EWCSettings, defaults={"model": {"adapters": False}})
+    class OnlineEWC(Method): ...
+
+``settings`` (a dataclass of ``mmcl.settings.setting`` fields) becomes the config section
+``method.ewc.*`` (data sets: ``data.<name>.*``; encoders: ``encoders.<slot>.<name>.*`` for the
+slots of the encoder's modality); ``defaults`` are config values the method wants unless a
+preset or an override says otherwise; ``former_keys`` maps keys of an earlier release (relative
+to the section's parent: ``{"ewc_lambda": "penalty"}`` for ``method.ewc_lambda``) to the new
+field, so that an old key fails with the new name and an old run folder's config still reads.
+
+This module imports nothing from mmcl and imports no plug-in: ``mmcl.plugins`` discovers the
+built-in and third-party plug-ins, in one place above the tables.
+"""
 from __future__ import annotations
 
+import difflib
 from typing import Callable
 
 REGISTRIES: dict[str, dict[str, type]] = {"dataset": {}, "encoder": {}, "method": {}}
+_changes = [0]  # bumped on every registration: mmcl.config rebuilds its schema when it moves
 
 
-def _register(kind: str, name: str) -> Callable[[type], type]:
+def _register(kind: str, name: str, settings: type | None, defaults: dict | None,
+              former_keys: dict | None) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name in REGISTRIES[kind]:
             raise ValueError(f"{kind} '{name}' registered twice")
         REGISTRIES[kind][name] = cls
         cls.registered_name = name
+        cls.settings_class = settings
+        cls.config_defaults = dict(defaults or {})
+        cls.former_keys = dict(former_keys or {})
+        _changes[0] += 1
         return cls
     return deco
 
 
-def register_dataset(name: str):
-    return _register("dataset", name)
+def register_dataset(name: str, settings: type | None = None, former_keys: dict | None = None):
+    return _register("dataset", name, settings, None, former_keys)
 
 
-def register_encoder(name: str):
-    return _register("encoder", name)
+def register_encoder(name: str, settings: type | None = None, former_keys: dict | None = None):
+    return _register("encoder", name, settings, None, former_keys)
 
 
-def register_method(name: str):
-    return _register("method", name)
+def register_method(name: str, settings: type | None = None, defaults: dict | None = None,
+                    former_keys: dict | None = None):
+    return _register("method", name, settings, defaults, former_keys)
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove a registration (tests that register a toy plug-in clean up with it)."""
+    if REGISTRIES[kind].pop(name, None) is not None:
+        _changes[0] += 1
+
+
+def version() -> int:
+    """A number that changes whenever a table changes."""
+    return _changes[0]
 
 
 def get(kind: str, name: str) -> type:
     """The class registered as name; KeyError naming the closest registered name otherwise."""
-    load_all()
     table = REGISTRIES[kind]
     if name not in table:
-        import difflib
         near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
         raise KeyError(f"unknown {kind} '{name}'.{hint} Known: {', '.join(sorted(table))} "
@@ -42,19 +79,9 @@ def get(kind: str, name: str) -> type:
 
 
 def describe(kind: str) -> list[tuple[str, str]]:
-    load_all()
+    """(name, first line of the docstring) of every registered class of a kind."""
     out = []
     for name, cls in sorted(REGISTRIES[kind].items()):
         text = (cls.__doc__ or "").strip().splitlines()
         out.append((name, text[0] if text else ""))
     return out
-
-
-def load_all() -> None:
-    """Import the built-in data sets, encoders and methods (their @register_* decorators run)."""
-    import mmcl.data  # noqa: F401
-    import mmcl.encoders  # noqa: F401
-    import mmcl.methods  # noqa: F401
-
-
-_load_all = load_all  # the former private name

@@ -84,7 +84,7 @@ def build_scenario(cfg, labels: torch.Tensor, domains: torch.Tensor, splits: dic
         doms = sorted(set(domains.tolist()))
         if sc.num_tasks > len(doms):
             raise ConfigError(f"scenario.num_tasks={sc.num_tasks} is more than the {len(doms)} domains "
-                              f"({', '.join(domain_names[d] for d in doms)}; data.languages for tuxpaint): "
+                              f"({', '.join(domain_names[d] for d in doms)}; data.tuxpaint.languages for tuxpaint): "
                               f"some tasks would have no domain. Set scenario.num_tasks to at most "
                               f"{len(doms)}, or add domains.")
         order = list(present)
@@ -117,5 +117,5 @@ def _check_task(cfg, t, cls, dom, parts, labels, class_names, domain_names) -> N
         raise ScenarioError(
             f"{where}: {len(empty)} class(es) have no {split} samples ({detail}, with "
             f"data.split={list(cfg.data.split)}). Every class needs samples in train and test: give "
-            "those classes more samples (tuxpaint: data.max_stamps_per_class=0 or at least 3, since "
+            "those classes more samples (tuxpaint: data.tuxpaint.max_stamps_per_class=0 or at least 3, since "
             "a stamp's samples stay in one split), change data.split, or remove them from data.classes.")

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from mmcl.config import MODALITY_TYPES
+from mmcl.settings import MODALITY_TYPES
 from mmcl.data.media import decode_frame_folder, decode_video
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from mmcl.config import MODALITY_TYPES
+from mmcl.settings import MODALITY_TYPES
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg, decode_png, split_samples
 from mmcl.encoders._weights import file_stamp

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmcl.data.clips import ClipDataset
 from mmcl.data.prepared import DataError
 from mmcl.encoders._weights import file_stamp
 from mmcl.registry import register_dataset
+from mmcl.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,14 @@ def parse_emotions(cell: str) -> list[str]:
     return out
 
 
-@register_dataset("samsemo")
+@dataclass
+class SAMSEMOSettings:
+    multi_label: str = setting("an utterance with several of data.classes among its aggregated emotions: 'drop' "
+                               "(left out, counted) or 'first' (labelled with the first listed) [C]", "drop",
+                               choices=("drop", "first"))
+
+
+@register_dataset("samsemo", settings=SAMSEMOSettings, former_keys={"multi_label": "multi_label"})
 class SAMSEMO(ClipDataset):
     """SAMSEMO: emotion of movie utterances in EN, DE, ES, PL, KO; video frames + audio + transcript."""
 
@@ -55,7 +64,7 @@ class SAMSEMO(ClipDataset):
         return [file_stamp(p) for p in [self.tsv, *sorted((self.root / "splits").glob("*.txt"))] if p.is_file()]
 
     def settings(self) -> dict:
-        return {**super().settings(), "multi_label": self.data.multi_label}
+        return {**super().settings(), "multi_label": self.data.samsemo.multi_label}
 
     def official_splits(self) -> dict[str, dict[str, str]]:
         """{LANG: {utterance id: train|val|test}} from splits/{train,valid,test}_split_<LANG>.txt;
@@ -81,7 +90,7 @@ class SAMSEMO(ClipDataset):
             raise DataError(f"samsemo: {self.tsv} has no column {', '.join(missing)} "
                             f"(columns: {', '.join(rows[0]) if rows else 'none'})")
         splits = self.official_splits()
-        classes, rule = self.classes, self.data.multi_label
+        classes, rule = self.classes, self.data.samsemo.multi_label
         out = []
         self.left_out = {"no listed emotion": 0, "several listed emotions": 0, "not in the split lists": 0}
         for n, row in enumerate(rows, 2):
@@ -115,5 +124,5 @@ class SAMSEMO(ClipDataset):
             out.append({"id": uid, "label": listed[0], "split": (lists or {}).get(uid, ""), "domain": lang,
                         "group": row.get("movie_title") or uid, "files": files})
         if any(self.left_out.values()):
-            log.info("samsemo: left out %s (data.multi_label=%s)", self.left_out, rule)
+            log.info("samsemo: left out %s (data.samsemo.multi_label=%s)", self.left_out, rule)
         return out

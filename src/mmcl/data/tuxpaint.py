@@ -18,6 +18,7 @@ import logging
 import os
 import zlib
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from mmcl.data.prepared import DataError
 from mmcl.registry import register_dataset
+from mmcl.settings import check_names, setting
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ REINSTALL_HINT = ("The file is corrupt or unreadable: reinstall the stamps "
 MISSING_HINT = ("Restore it (`sudo apt-get install --reinstall tuxpaint-stamps-default`), or remove "
                 "the whole stamp (its NAME.png, NAME.txt and NAME_desc_*.ogg files) to leave it out.")
 SPLIT_NAMES = ("train", "val", "test")
+TUXPAINT_LANGUAGES = ["fr", "ru", "ro", "ca", "bg", "es"]
 
 
 def file_problem(path: str, kind: str, error: BaseException, hints: tuple[str, str] | None = None) -> DataError:
@@ -167,15 +170,31 @@ def split_samples(records: list[dict], fractions: Sequence[float], seed: int) ->
 
 
 # -- the data set ---------------------------------------------------------------------------------
-@register_dataset("tuxpaint")
+@dataclass
+class TuxPaintSettings:
+    languages: list[str] = setting("languages: one sample per stamp and language (domain-incremental: one "
+                                   "domain per language)", factory=lambda: list(TUXPAINT_LANGUAGES))
+    max_stamps_per_class: int = setting("cap on stamps per class (0: all); for quick experiments", 0, minimum=0)
+
+
+@register_dataset("tuxpaint", settings=TuxPaintSettings,
+                  former_keys={"languages": "languages", "max_stamps_per_class": "max_stamps_per_class"})
 class TuxPaint:
     """Tux Paint stamps: image + text + human speech per (stamp, language); real, offline."""
 
     modalities = ("image", "text", "speech")
     split_samples = staticmethod(split_samples)
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The classes and languages are lists of distinct names (the stamps' folders decide
+        whether they exist, at preparation)."""
+        check_names("data.classes", cfg.data.classes, example="[animals/mammals,food/fruit]")
+        check_names("data.tuxpaint.languages", cfg.data.tuxpaint.languages, example="[fr,ru]")
+
     def __init__(self, data):
         self.data = data
+        self.section = data.tuxpaint  # this data set's own settings (data.tuxpaint.*)
         from mmcl.data.clips import dataset_root
         root = dataset_root(data, "tuxpaint", "MMCL_TUXPAINT_ROOT") or "/usr/share/tuxpaint/stamps"
         self.root = Path(os.path.expanduser(root))
@@ -187,7 +206,7 @@ class TuxPaint:
 
     @property
     def domains(self) -> list[str]:
-        return list(self.data.languages)
+        return list(self.section.languages)
 
     def info(self) -> dict:
         """Notes stored with the prepared data (after ``index``)."""
@@ -197,20 +216,20 @@ class TuxPaint:
         """Everything in the config that changes the prepared inputs (the cache key)."""
         d = self.data
         return {"root": str(self.root.resolve()), "classes": list(d.classes),
-                "languages": list(d.languages), "image_size": d.image_size,
+                "languages": list(self.section.languages), "image_size": d.image_size,
                 "max_text_tokens": d.max_text_tokens, "max_speech_seconds": d.max_speech_seconds,
-                "sample_rate": d.sample_rate, "max_stamps_per_class": d.max_stamps_per_class}
+                "sample_rate": d.sample_rate, "max_stamps_per_class": self.section.max_stamps_per_class}
 
     def discover(self) -> dict[str, list[str]]:
         """{class: sorted stamp paths relative to the root, without extension} for data.classes.
 
         Stamps lacking a file (SVG-only stamps, stamps without NAME.txt or without a
-        recording for one of data.languages) are left out by design: every sample must have
+        recording for one of data.tuxpaint.languages) are left out by design: every sample must have
         all three modalities. A listed class left without stamps is an error naming the class,
         the closest class folder that has stamps, and what its stamps lack."""
         if not self.root.is_dir():
             raise DataError(f"Tux Paint stamps not found at {self.root} (data.root). {INSTALL_HINT}")
-        languages = list(self.data.languages)
+        languages = list(self.section.languages)
         wanted = set(self.data.classes)
         found: dict[str, list[str]] = defaultdict(list)
         pngs: dict[str, int] = defaultdict(int)  # class -> stamps with an image, usable or not
@@ -249,8 +268,8 @@ class TuxPaint:
             raise DataError(self._empty_classes_message(empty, usable, pngs, lacking, heard))
         if skipped:
             log.info("tuxpaint: left out %d stamp(s) of data.classes lacking a description or a "
-                     "recording in data.languages (e.g. no %s)", skipped, next(iter(lacking.values())))
-        cap = self.data.max_stamps_per_class
+                     "recording in data.tuxpaint.languages (e.g. no %s)", skipped, next(iter(lacking.values())))
+        cap = self.section.max_stamps_per_class
         return {c: sorted(found[c])[:cap] if cap > 0 else sorted(found[c]) for c in self.data.classes}
 
     def _empty_classes_message(self, empty, usable, pngs, lacking, heard) -> str:
@@ -269,18 +288,18 @@ class TuxPaint:
                 parts.append(f"'{c}' has no stamps" + (f" (did you mean '{near[0]}'?)" if near else ""))
         msg = (f"no usable stamps under {self.root} for {len(empty)} class(es) in data.classes: "
                f"{'; '.join(parts)}. A stamp needs NAME.png, NAME.txt and NAME_desc_<lang>.ogg for "
-               f"every language in data.languages={list(self.data.languages)}.")
-        unheard = [lang for lang in self.data.languages if lang not in heard]
+               f"every language in data.tuxpaint.languages={list(self.section.languages)}.")
+        unheard = [lang for lang in self.section.languages if lang not in heard]
         if unheard:
             return msg + (f" No stamp has a recording in {', '.join(repr(x) for x in unheard)}: fix "
-                          f"data.languages (languages with recordings: {', '.join(sorted(heard)) or 'none'}).")
+                          f"data.tuxpaint.languages (languages with recordings: {', '.join(sorted(heard)) or 'none'}).")
         return msg + (f" Fix data.classes (a class is a stamp folder, at most two levels deep; "
                       f"with usable stamps: {', '.join(sorted(usable)) or 'none'}).")
 
     def index(self) -> tuple[list[dict], dict[str, list]]:
         """Walk the root -> (records, sources): sources[modality][row] is what ``decoder``
         turns into that row's raw item (a path relative to the root, or the text itself)."""
-        languages = list(self.data.languages)
+        languages = list(self.section.languages)
         records: list[dict] = []
         sources: dict[str, list] = {"image": [], "text": [], "speech": []}
         self.text_fallbacks = []

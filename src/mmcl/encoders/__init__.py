@@ -10,6 +10,7 @@ from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
 from mmcl.encoders import ge2e, hf_text, hf_vision, imu, mobilenet, video  # noqa: F401 - registers the encoders
 from mmcl.encoders.audio import speech_features
 from mmcl.registry import REGISTRIES
+from mmcl.settings import MODALITY_TYPES
 
 __all__ = ["BlockEncoder", "build_encoder", "masked_mean", "speech_features", "split_layers"]
 
@@ -17,7 +18,6 @@ __all__ = ["BlockEncoder", "build_encoder", "masked_mean", "speech_features", "s
 def build_encoder(modality: str, cfg) -> BlockEncoder:
     """The frozen encoder for ``modality`` from a full mmcl Config (cfg.encoders.<modality>,
     cfg.model.blocks, cfg.data). Raises ValueError naming modality, kind and source on errors."""
-    from mmcl.config import MODALITY_TYPES
     enc_cfg = getattr(cfg.encoders, modality, None)
     if enc_cfg is None or modality not in MODALITY_TYPES:
         raise ValueError(f"no encoder configured for modality '{modality}' (known: {', '.join(MODALITY_TYPES)})")

@@ -40,6 +40,10 @@ class BlockEncoder(nn.Module):
     # "prepend" tokens to the sequence (transformers, recurrent encoders) or "add" them to every
     # token (convolutional encoders, whose token grid cannot grow). See mmcl.model.prompts.
     prompt_mode: str = "prepend"
+    # An encoder without public pre-trained weights may ask to be trained on task 1 and then
+    # frozen (the engine runs mmcl.encoders.fit for it); its settings set these two.
+    fit_on_first_task: bool = False
+    fit_epochs: int = 0
 
     def __init__(self, num_blocks: int):
         super().__init__()

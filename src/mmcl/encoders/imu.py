@@ -2,7 +2,7 @@
 
 No public pre-trained IMU model exists, so ``source=random`` (the default) builds a seeded
 random model that stays frozen like every other encoder: the adapters and heads learn on top of
-random features (see docs/datasets.md). ``encoders.<m>.fit=first_task`` instead trains it on
+random features (see docs/datasets.md). ``encoders.<m>.imu.fit=first_task`` instead trains it on
 task 1 and then freezes it (mmcl.encoders.fit). ``source`` may instead name a file
 (``torch.save`` of this module's ``state_dict()``, loaded with ``weights_only=True``), e.g. one
 trained on another data set.
@@ -15,6 +15,7 @@ samples, each window flattened and projected (``width``), plus sinusoidal positi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 from mmcl.encoders._weights import file_stamp, load_error
 from mmcl.encoders.base import BlockEncoder, split_layers
 from mmcl.registry import register_encoder
+from mmcl.settings import setting
 
 AXES = 3
 
@@ -49,17 +51,27 @@ def resample(x: np.ndarray, length: int) -> np.ndarray:
     return np.stack([np.interp(dst, src, x[:, c]) for c in range(x.shape[1])], axis=1).astype(np.float32)
 
 
-@register_encoder("imu")
+@dataclass
+class IMUSettings:
+    fit: str = setting("'none' (frozen at its weights: seeded random for source=random) or 'first_task' (trained "
+                       "with a linear head on task 1's training data before task 1, then frozen; the weights are "
+                       "saved in the run folder as fitted_<modality>.safetensors) [C]", "none",
+                       choices=("none", "first_task"))
+    fit_epochs: int = setting("epochs of the 'first_task' fit (AdamW, train.lr, train.batch_size)", 10, minimum=1)
+
+
+@register_encoder("imu", settings=IMUSettings, former_keys={"fit": "fit", "fit_epochs": "fit_epochs"})
 class IMUEncoder(BlockEncoder):
     """Small transformer over windows of a 3-axis sensor (frozen random, a weight file, or fitted on task 1)."""
 
     modality = "sensor"
     input_keys = ("signal",)
-    fittable = True  # encoders.<m>.fit=first_task may train it on task 1 (mmcl.encoders.fit)
 
     def __init__(self, enc_cfg, num_blocks: int, data_cfg):
         super().__init__(num_blocks)
         self.source = enc_cfg.source
+        own = enc_cfg.imu  # this encoder's settings (encoders.<m>.imu.*)
+        self.fit_on_first_task, self.fit_epochs = own.fit == "first_task", int(own.fit_epochs)
         self.length, self.window = int(data_cfg.sensor_length), int(data_cfg.sensor_window)
         if self.length % self.window:
             raise ValueError(f"sensor encoder imu: data.sensor_length={self.length} must be a multiple of "

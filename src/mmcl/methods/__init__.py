@@ -1,4 +1,2 @@
-"""Methods register themselves by name; importing this package registers all of them."""
-from mmcl.methods import cma  # noqa: F401
-from mmcl.methods import derpp, er, ewc, finetune, icarl, joint, lwf  # noqa: F401
-from mmcl.methods import codaprompt, dualprompt, l2p  # noqa: F401
+"""Continual-learning methods, one module each with its settings beside it; mmcl.plugins
+imports every module here (its @register_method decorator registers it)."""

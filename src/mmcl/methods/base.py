@@ -12,6 +12,8 @@ a method owns its losses and its memory.
     predict(batch)           -> logits over the classes seen so far
     trainable_parameters()   what the optimiser of the current task updates
     stores()                 named memories / buffers that state() and load_state() include
+    on_encoders_changed()    the engine replaced a frozen encoder (encoders.<m>.imu.fit): drop
+                             whatever was computed from the old one
     state() / load_state()   JSON metadata + tensors for checkpoints (no pickle). A checkpoint
                              may be taken in the middle of a task, so the state includes what
                              begin_task set up; a resumed task does not call begin_task again.
@@ -30,6 +32,10 @@ from mmcl.model.adapter import balance_from_stats
 from mmcl.model.mmencoder import MMModel, Output
 
 
+# The config defaults of the methods that run on frozen features only (no cross-modality adapters).
+ADAPTER_FREE = {"model": {"adapters": False}}
+
+
 def to_device(batch, device):
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
@@ -39,10 +45,13 @@ def to_device(batch, device):
 
 
 class Method:
-    """Base class; subclasses register with @register_method(name)."""
+    """Base class; subclasses register with @register_method(name, settings=..., defaults=...).
+    ``self.settings`` is the method's own config section (``cfg.method.<name>``; None when the
+    method declares no settings)."""
 
     def __init__(self, cfg, model: MMModel, data, scenario, device: torch.device):
         self.cfg, self.model, self.data, self.scenario = cfg, model, data, scenario
+        self.settings = getattr(cfg.method, getattr(type(self), "registered_name", ""), None)
         self.device = device
         self.task = -1
         # Separate generator for the method's own sampling (memory batches, random selection).
@@ -192,6 +201,9 @@ class Method:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def on_encoders_changed(self) -> None:
+        """Called after the engine replaced a frozen encoder (fitted on task 1)."""
 
     def stores(self) -> dict:
         """Named parts with ``state() -> (meta, tensors)`` and ``load(meta, tensors)`` (memories,

@@ -1,17 +1,20 @@
 """CODA-Prompt."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcl.methods.prompting import PromptMethod
+from mmcl.methods.prompting import PROMPT_DEFAULTS, PROMPT_FORMER_KEYS, PromptMethod, PromptSettings
 from mmcl.model.prompts import Prompter, orthogonal_rows
 from mmcl.registry import register_method
+from mmcl.settings import setting
 
 
 class CodaPrompter(Prompter):
-    """Per modality and prompted block: method.coda_components new prompt components per task,
+    """Per modality and prompted block: method.codaprompt.components new prompt components per task,
     each with a key and an attention vector. A sample's prompt is the weighted sum of the
     components of the tasks seen so far, with weights cos(query * attention_c, key_c)
     (end-to-end trainable, no selection). Prefix-style (removed after the block)."""
@@ -20,8 +23,8 @@ class CodaPrompter(Prompter):
 
     def __init__(self, encoders, cfg, num_tasks: int):
         super().__init__(encoders)
-        mc = cfg.method
-        self.c, self.length, self.num_tasks = int(mc.coda_components), int(mc.coda_length), num_tasks
+        mc = cfg.method.codaprompt
+        self.c, self.length, self.num_tasks = int(mc.components), int(mc.length), num_tasks
         self.seen = 1
         g = torch.Generator().manual_seed(cfg.run.seed + 3)
         self.p = nn.ModuleDict()
@@ -70,16 +73,26 @@ class CodaPrompter(Prompter):
         return out
 
 
-@register_method("codaprompt")
+@dataclass
+class CodaPromptSettings(PromptSettings):
+    components: int = setting("prompt components added per task and per modality and block", 10, minimum=1)
+    length: int = setting("tokens per component", 8, minimum=1)
+    ortho: float = setting("weight of the orthogonality penalty (0: Gram-Schmidt initialisation only)", 0.0,
+                           minimum=0.0)
+
+
+@register_method("codaprompt", settings=CodaPromptSettings, defaults=PROMPT_DEFAULTS,
+                 former_keys={**PROMPT_FORMER_KEYS, "coda_components": "components", "coda_length": "length",
+                              "coda_ortho": "ortho"})
 class CodaPrompt(PromptMethod):
     """CODA-Prompt: prompts assembled from a growing set of components weighted by attention-based key matching, in every modality's frozen encoder (Smith et al., CVPR 2023).
 
-    Rehearsal-free. Each task adds method.coda_components components (length
-    method.coda_length) with keys and attention vectors per modality and prompted block
+    Rehearsal-free. Each task adds method.codaprompt.components components (length
+    method.codaprompt.length) with keys and attention vectors per modality and prompted block
     (blocks 2..B: block 1 is cached), initialised orthogonal to the earlier ones (Gram-Schmidt);
     only the new ones train, the earlier ones stay frozen. Prompts are prefix-style. Loss:
-    cross-entropy over the current task's classes (method.prompt_train_mask) plus, when
-    method.coda_ortho > 0, the orthogonality penalty ||X X^T - I||^2 on the components, keys and
+    cross-entropy over the current task's classes (method.codaprompt.train_mask) plus, when
+    method.codaprompt.ortho > 0, the orthogonality penalty ||X X^T - I||^2 on the components, keys and
     attention vectors of the tasks seen so far.
     """
 
@@ -95,7 +108,7 @@ class CodaPrompt(PromptMethod):
         return [plist[t] for group in (pr.p, pr.k, pr.a) for plist in group.values()]
 
     def key_loss(self, queries):
-        w = self.cfg.method.coda_ortho
+        w = self.settings.ortho
         if not w:
             return None
         pr, total = self.model.prompter, 0.0

@@ -1,13 +1,16 @@
 """Dark Experience Replay++."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
+from mmcl.settings import setting
 
 
 class ReservoirLogitBuffer:
@@ -68,7 +71,14 @@ def masked_logit_mse(new: Tensor, stored: Tensor, widths: Tensor) -> Tensor:
     return (diff * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-@register_method("derpp")
+@dataclass
+class DERppSettings:
+    alpha: float = setting("weight of the MSE between logits and stored logits (DER term)", 0.1, minimum=0.0)
+    beta: float = setting("weight of the cross-entropy on a second memory batch (++ term)", 0.5, minimum=0.0)
+
+
+@register_method("derpp", settings=DERppSettings, defaults=ADAPTER_FREE,
+                 former_keys={"derpp_alpha": "alpha", "derpp_beta": "beta"})
 class DarkExperienceReplayPP(Method):
     """DER++: replay with logit matching (MSE to logits stored at insertion) plus cross-entropy on memory samples (Buzzega et al., NeurIPS 2020).
 
@@ -76,8 +86,8 @@ class DarkExperienceReplayPP(Method):
     sample of the stream, each stored with the logits the model gave it in the step that
     inserted it (training-mode outputs, as in the paper). Each step, once the memory holds
     samples (from the second step of the first task on), draws two independent memory
-    batches of memory.batch_size: loss = CE(current) + method.derpp_alpha * MSE(logits,
-    stored logits) on the first + method.derpp_beta * CE on the second. The three parts run
+    batches of memory.batch_size: loss = CE(current) + method.derpp.alpha * MSE(logits,
+    stored logits) on the first + method.derpp.beta * CE on the second. The three parts run
     as one forward pass; the current batch is then offered to the reservoir. With the growing
     class-incremental head, rows stored before a head was added are matched on the classes
     they cover only (the paper's fixed head also stores the future classes' logits).
@@ -88,7 +98,7 @@ class DarkExperienceReplayPP(Method):
         self.buffer = ReservoirLogitBuffer(cfg.memory.size)
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
-        mc = self.cfg.method
+        mc = self.settings
         n, parts = len(idx), [idx]
         pos_a = pos_b = None
         if len(self.buffer) > 0:
@@ -99,11 +109,11 @@ class DarkExperienceReplayPP(Method):
         terms = {"cls": losses.classification(out.logits[:n], target[:n])}
         if pos_a is not None:
             na = len(pos_a)
-            if mc.derpp_alpha:
-                terms["der"] = mc.derpp_alpha * masked_logit_mse(
+            if mc.alpha:
+                terms["der"] = mc.alpha * masked_logit_mse(
                     out.logits[n:n + na], self.buffer.logits[pos_a], self.buffer.widths[pos_a])
-            if mc.derpp_beta:
-                terms["der_cls"] = mc.derpp_beta * losses.classification(out.logits[n + na:], target[n + na:])
+            if mc.beta:
+                terms["der_cls"] = mc.beta * losses.classification(out.logits[n + na:], target[n + na:])
         if self.buffer.size > 0:
             self.buffer.add(idx, out.logits[:n], self.generator)
         return {**terms, **self.balance_term(out)}

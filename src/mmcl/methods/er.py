@@ -6,11 +6,11 @@ from torch import Tensor
 
 from mmcl import losses
 from mmcl.memory import RehearsalMemory
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
 
 
-@register_method("er")
+@register_method("er", defaults=ADAPTER_FREE)
 class ExperienceReplay(Method):
     """Experience replay: cross-entropy on the current batch plus a batch from a class-balanced memory (Chaudhry et al., 2019).
 

@@ -1,23 +1,33 @@
 """Online Elastic Weight Consolidation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
+from mmcl.settings import setting
 
 
-@register_method("ewc")
+@dataclass
+class EWCSettings:
+    penalty: float = setting("the penalty weight lambda in lambda/2 * sum F (theta - theta*)^2", 100.0, minimum=0.0)
+    gamma: float = setting("online-EWC decay of the accumulated Fisher (1: plain sum over tasks)", 1.0, minimum=0.0)
+
+
+@register_method("ewc", settings=EWCSettings, defaults=ADAPTER_FREE,
+                 former_keys={"ewc_lambda": "penalty", "ewc_gamma": "gamma"})
 class OnlineEWC(Method):
     """Online EWC: quadratic penalty weighted by the accumulated diagonal Fisher information (Kirkpatrick et al., 2017; Schwarz et al., 2018).
 
     At the end of task t the diagonal empirical Fisher of every trainable parameter is
     computed from task t's training samples (per sample: the squared gradient of the
     cross-entropy of its label, model in eval mode; averaged over the samples), accumulated as
-    F <- method.ewc_gamma * F + F_t, and the parameters are stored as anchors theta*. Each
-    later step adds method.ewc_lambda / 2 * sum F (theta - theta*)^2 over the parameters
+    F <- method.ewc.gamma * F + F_t, and the parameters are stored as anchors theta*. Each
+    later step adds method.ewc.penalty / 2 * sum F (theta - theta*)^2 over the parameters
     that have a Fisher (classifier heads added later have none). No memory.
     """
 
@@ -30,7 +40,7 @@ class OnlineEWC(Method):
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def penalty(self) -> Tensor:
-        """method.ewc_lambda / 2 * sum F (theta - theta*)^2 over the anchored parameters."""
+        """method.ewc.penalty / 2 * sum F (theta - theta*)^2 over the anchored parameters."""
         params = self._named_trainable()
         total = torch.zeros((), device=self.device)
         for name, f in self.fisher.items():
@@ -38,12 +48,12 @@ class OnlineEWC(Method):
             if p is None:
                 continue
             total = total + (f.to(p.device) * (p - self.anchor[name].to(p.device)) ** 2).sum()
-        return self.cfg.method.ewc_lambda / 2 * total
+        return self.settings.penalty / 2 * total
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
         out, target = self.forward_batch(idx)
         terms = {"cls": losses.classification(out.logits, target)}
-        if self.fisher and self.cfg.method.ewc_lambda:
+        if self.fisher and self.settings.penalty:
             terms["ewc"] = self.penalty()
         return {**terms, **self.balance_term(out)}
 
@@ -68,7 +78,7 @@ class OnlineEWC(Method):
 
     def end_task(self, t: int) -> None:
         new = self.fisher_diagonal(self.scenario.tasks[t].train)
-        gamma = self.cfg.method.ewc_gamma
+        gamma = self.settings.gamma
         for name, f in new.items():
             old = self.fisher.get(name)
             self.fisher[name] = f if old is None or old.shape != f.shape else gamma * old + f

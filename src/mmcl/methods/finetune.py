@@ -4,11 +4,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
 
 
-@register_method("finetune")
+@register_method("finetune", defaults=ADAPTER_FREE)
 class Finetune(Method):
     """Fine-tuning, lower bound: cross-entropy on the current task only, no protection against forgetting (e.g. De Lange et al., TPAMI 2021).
 

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmcl.memory import RehearsalMemory
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
 
 
-@register_method("icarl")
+@register_method("icarl", defaults={**ADAPTER_FREE, "memory": {"selection": "herding"}})
 class ICaRL(Method):
     """iCaRL: herding exemplar memory, sigmoid/BCE distillation on old classes, nearest-mean-of-exemplars prediction (Rebuffi et al., CVPR 2017).
 
@@ -60,7 +60,7 @@ class ICaRL(Method):
         return means
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
-        n, C_old = len(idx), self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
+        C_old = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
         old_parts = []
         all_idx = idx
         if self.current_old_logits is not None:

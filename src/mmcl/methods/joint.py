@@ -5,11 +5,11 @@ import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
 
 
-@register_method("joint")
+@register_method("joint", defaults=ADAPTER_FREE)
 class Joint(Method):
     """Joint training, upper bound: at task t, trains on the union of tasks 1..t's training data (e.g. De Lange et al., TPAMI 2021).
 

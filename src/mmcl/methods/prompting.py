@@ -3,17 +3,32 @@ training loss with old-class logits masked, and which prompt parameters train in
 
 The prompts themselves live in a prompter module attached to the model (``model.prompter``,
 see mmcl.model.prompts), so they are saved, loaded and moved with the model's learned state.
-The model runs without cross-modality adapters (each method's YAML: ``model.adapters: false``):
+The model runs without cross-modality adapters and memory (PROMPT_DEFAULTS):
 prompts in every modality's frozen encoder, then the same per-modality projections, late
 fusion and classifier as every other baseline.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method, to_device
+from mmcl.methods.base import ADAPTER_FREE, Method, to_device
+from mmcl.settings import setting
+
+# The prompt methods are rehearsal-free and prompt the frozen encoders instead of adapting them.
+PROMPT_DEFAULTS = {**ADAPTER_FREE, "memory": {"size": 0}}
+# Keys of the earlier release that every prompt method's section took over.
+PROMPT_FORMER_KEYS = {"prompt_train_mask": "train_mask"}
+
+
+@dataclass
+class PromptSettings:
+    """What every prompt method's settings section holds."""
+    train_mask: bool = setting("in class-incremental tasks, train on the current task's classes only (old-class "
+                               "logits masked), as the three papers do", True)
 
 
 class PromptMethod(Method):
@@ -33,6 +48,9 @@ class PromptMethod(Method):
 
     def make_prompter(self):
         raise NotImplementedError
+
+    def on_encoders_changed(self) -> None:
+        self._table = None  # the queries come from the frozen encoders: recompute them
 
     def trainable_prompts(self, t: int) -> list[torch.nn.Parameter]:
         """The prompter's parameters that train in task t (the others keep requires_grad=False)."""
@@ -87,7 +105,7 @@ class PromptMethod(Method):
         out, target = self.forward_batch(idx)
         logits = out.logits
         old = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
-        if self.cfg.method.prompt_train_mask and self.scenario.kind == "class" and old:
+        if self.settings.train_mask and self.scenario.kind == "class" and old:
             # As in L2P / DualPrompt / CODA-Prompt: train on the current task's classes only.
             logits = logits.clone()
             logits[:, :old] = float("-inf")

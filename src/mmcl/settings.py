@@ -1,0 +1,247 @@
+"""The settings schema: typed dataclasses, each field with its default, its one-line doc and its
+limits (``setting(...)`` metadata). Imports nothing from mmcl, so that every part of the
+library (data sets, encoders, methods) can declare its own settings with ``setting`` without
+depending on how configs are built.
+
+mmcl.config assembles the full Config: these core sections, plus one section per registered
+plug-in that declares settings (``method.<name>.*``, ``data.<name>.*``,
+``encoders.<slot>.<kind>.*``), then layers defaults, presets and overrides and validates.
+
+Defaults marked [C] are our choices where the paper's text is not available
+(see docs/method.md); [P] marks what the paper states.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: names the key or value and what to do."""
+
+
+def setting(doc: str, default: Any = MISSING, factory: Any = MISSING, *, minimum: Any = None,
+            maximum: Any = None, above: Any = None, choices: tuple | None = None):
+    """A dataclass field with its doc and limits: ``minimum`` / ``maximum`` (inclusive), ``above``
+    (the value must exceed it), ``choices`` (the allowed values). mmcl.config checks them and
+    lists them in the key reference."""
+    meta = {"doc": doc}
+    for name, value in (("minimum", minimum), ("maximum", maximum), ("above", above), ("choices", choices)):
+        if value is not None:
+            meta[name] = tuple(value) if name == "choices" else value
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_names(key: str, values, known=None, example: str = "[a,b]") -> None:
+    """A list of names: not empty, no name twice, each one of ``known`` when given (a plug-in's
+    ``check_config`` uses it for its own lists)."""
+    if not values:
+        raise ConfigError(f"config key '{key}' is empty: give at least one, e.g. {key}={example}")
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"config key '{key}' lists '{v}' twice: {list(values)}")
+        seen.add(v)
+        if known is not None and v not in known:
+            near = difflib.get_close_matches(str(v), [str(c) for c in known], n=1, cutoff=0.5)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"config key '{key}': unknown value '{v}'.{hint} Known: {', '.join(known)}")
+
+
+def _default_cache_dir() -> str:
+    return os.environ.get("MMCL_CACHE", str(Path.home() / ".cache" / "mmcl"))
+
+
+# The default data set's classes (data.classes' default; mmcl.data.tuxpaint documents them).
+TUXPAINT_CLASSES = [
+    "animals/mammals", "food/fruit", "animals/birds", "town/houses", "symbols/money",
+    "plants/flowers", "town/roadsigns", "food/vegetables", "seasonal/christmas",
+    "seasonal/halloween", "animals/insects", "symbols/music", "symbols/chess", "clothes",
+    "hobbies/music", "seasonal/easter",
+]
+
+
+@dataclass
+class RunConfig:
+    name: str = setting("run folder name under run.out_dir; empty: '<preset>-<method>-s<seed>'", "")
+    out_dir: str = setting("parent folder of run folders", "runs")
+    seed: int = setting("seed for class order, splits, initialisation, routing noise, sampling", 0)
+    device: str = setting("'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)", "auto")
+    threads: int = setting("torch CPU threads; 0 keeps torch's default", 0, minimum=0)
+    progress: str = setting("progress bars: 'auto' (only on a terminal), 'always' or 'never'", "auto", choices=('auto', 'always', 'never'))
+    save_checkpoint: bool = setting("write the final checkpoint (safetensors + JSON) to checkpoints/", True)
+
+
+# Modality slots: a modality's name (in data.modalities, encoders.<name>.*, a manifest's columns)
+# -> the input type its encoder takes. [C] A fixed, documented set rather than free-form names,
+# so that every encoders.<name>.* key is a documented, type-checked config key. A new slot is one
+# entry here and one field in EncodersConfig.
+MODALITY_TYPES = {"image": "image", "video": "video", "text": "text", "speech": "audio",
+                  "audio": "audio", "accel": "sensor", "gyro": "sensor"}
+
+
+@dataclass
+class EncoderConfig:
+    """One modality slot's encoder; an encoder kind's own settings are the slot's section
+    ``encoders.<slot>.<kind>`` (e.g. ``encoders.accel.imu.fit``)."""
+    kind: str = setting("registered encoder: mobilenetv2, vit (image); vit_video, videomae (video); hf_text "
+                    "(text); ge2e, ast (speech, audio); imu (accel, gyro)", "")
+    source: str = setting(
+        "where weights come from: 'package' (weights shipped in a pip package), a local "
+        "folder or file, a Hugging Face id (hf_text; read from the local Hugging Face cache, "
+        "downloaded only when MMCL_DOWNLOAD=1), or 'random' (tiny random config, tests)", "package")
+    width: int = setting("hidden width of the 'random' config (tests); ignored otherwise", 32, minimum=1)
+    layers: int = setting("layer count of the 'random' config (tests); ignored otherwise", 3, minimum=1)
+
+
+@dataclass
+class EncodersConfig:
+    image: EncoderConfig = setting("image encoder", factory=lambda: EncoderConfig(kind="mobilenetv2"))
+    text: EncoderConfig = setting("text encoder", factory=lambda: EncoderConfig(kind="hf_text"))
+    speech: EncoderConfig = setting("speech encoder", factory=lambda: EncoderConfig(kind="ge2e"))
+    video: EncoderConfig = setting("video encoder (frames)", factory=lambda: EncoderConfig(
+        kind="vit_video", source="google/vit-base-patch16-224-in21k"))
+    audio: EncoderConfig = setting("audio (sound) encoder; not fine-tuned on AudioSet by default (AVE leakage, "
+                               "see docs/datasets.md)", factory=lambda: EncoderConfig(
+                                   kind="ast", source="MIT/ast-finetuned-speech-commands-v2"))
+    accel: EncoderConfig = setting("accelerometer encoder (no public pre-trained model: frozen random "
+                               "by default)", factory=lambda: EncoderConfig(kind="imu", source="random", width=64))
+    gyro: EncoderConfig = setting("gyroscope encoder (as accel)", factory=lambda: EncoderConfig(
+        kind="imu", source="random", width=64))
+
+
+@dataclass
+class DataConfig:
+    """What every data set shares; a data set's own settings are its section ``data.<name>``."""
+    dataset: str = setting("registered data set: tuxpaint, manifest (your own data; `mmcl list`)", "tuxpaint")
+    manifest: str = setting("manifest data set: the CSV / JSONL file, one row per sample (columns label, one per "
+                        "modality, optional domain / split / group; see the README)", "")
+    domains: list[str] = setting("manifest, samsemo: domains used (empty: all; manifest: in order of appearance, "
+                             "samsemo: EN, DE, ES, PL, KO)", factory=list)
+    on_missing: str = setting("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file) "
+                          "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail", choices=('fail', 'skip'))
+    root: str = setting("data set root; empty: $MMCL_<DATASET>_ROOT (e.g. MMCL_TUXPAINT_ROOT, MMCL_AVE_ROOT), else "
+                    "the folder last given to `mmcl prepare <preset> --root DIR`, else (tuxpaint only) "
+                    "/usr/share/tuxpaint/stamps (docs/datasets.md)", "")
+    cache_dir: str = setting("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
+    modalities: list[str] = setting("modalities used, in order", factory=lambda: ["image", "text", "speech"])
+    classes: list[str] = setting("class names (tuxpaint: stamp folders; manifest: empty = every label)", factory=lambda: list(TUXPAINT_CLASSES))
+    split: list[float] = setting("train / val / test fractions, split by stamp with the seed", factory=lambda: [0.7, 0.1, 0.2])
+    image_size: int = setting("images are resized to this square size (pixels)", 128, minimum=8)
+    max_text_tokens: int = setting("text is truncated to this many tokens", 64, minimum=2)
+    max_speech_seconds: float = setting("speech and audio are cut to this many seconds", 3.0, above=0.0)
+    video_frames: int = setting("frames sampled per video clip, evenly spaced over the clip [C]", 8, minimum=1)
+    sensor_length: int = setting("inertial-sensor recordings are linearly resampled to this many samples [C]", 192, minimum=1)
+    sensor_window: int = setting("sensor samples per token of the imu encoder (UESTC-MMEA-CL's official window: 24)", 24, minimum=1)
+    sample_rate: int = setting("speech is resampled to this rate (Hz); GE2E expects 16000", 16000, minimum=1000)
+    cache_prefix: bool = setting(
+        "cache each frozen encoder's prefix (tokenizer + block 1, before the first adapter) at "
+        "preparation time; exact because inputs are not augmented", True)
+
+
+@dataclass
+class ScenarioConfig:
+    kind: str = setting("'class' (class-incremental, growing head) or 'domain' (domain-incremental, fixed head)", "class", choices=('class', 'domain'))
+    num_tasks: int = setting("number of tasks (class: classes split evenly; domain: one domain per task)", 4, minimum=1)
+    class_order: str = setting("'seed' (shuffled by run.seed) or 'given' (data.classes order)", "seed", choices=('seed', 'given'))
+
+
+@dataclass
+class ModelConfig:
+    blocks: int = setting("B: each frozen encoder's layers are split into B contiguous groups [C]", 3, minimum=1)
+    dim_z: int = setting("width of per-modality and joint representations [C]", 256, minimum=1)
+    head_hidden: int = setting("hidden width of the projection and fusion MLPs [C]", 256, minimum=1)
+    pool: str = setting("token pooling before projection: 'mean' (over valid tokens)", "mean", choices=('mean',))
+    input_norm: bool = setting("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
+    adapters: bool = setting("cross-modality adapters after every block; false = frozen features only", True)
+    length_chunks: int = setting("skip padding: a batch's rows run in up to this many groups of similar length "
+                             "(by the most padded modality), and each encoder block's rows in up to this "
+                             "many groups by that modality's own lengths, each group trimmed to its "
+                             "longest row (exact up to rounding; 1 = everything padded to the longest "
+                             "row)", 2, minimum=1)
+
+
+@dataclass
+class AdapterConfig:
+    num_experts: int = setting("experts per block [P: 10]", 10, minimum=1)
+    top_k: int = setting("experts chosen per routing [P: 2]", 2, minimum=1)
+    dense: bool = setting("ablation: softmax over all experts, every expert computed (no top-k)", False)
+    dim: int = setting("shared adapter width d [C]", 128, minimum=1)
+    expert: str = setting("'cross_attention' or 'channel_token_map' [C]", "cross_attention", choices=('cross_attention', 'channel_token_map'))
+    context_tokens: int = setting("other modalities' tokens are mean-pooled to at most this many each [C]", 32, minimum=1)
+    route: str = setting("routing granularity: 'sample' (per sample and modality) [C]", "sample", choices=('sample',))
+    noisy_gating: bool = setting("learned Gaussian noise on gate logits in training (noisy top-k) [C]", True)
+    balance_weight: float = setting("lambda_lb of cv^2(importance) + cv^2(load) [C]", 0.01)
+
+
+@dataclass
+class FreezeConfig:
+    enabled: bool = setting("freeze heavily used experts after each task [P]", True)
+    threshold: float = setting("freeze experts whose routing share f_e exceeds this [P: 0.10]", 0.10, minimum=0.0, maximum=1.0)
+    normalize: str = setting("'slots': f_e = count_e / (top_k * routings), shares sum to 1 [C]", "slots", choices=('slots',))
+
+
+@dataclass
+class LossConfig:
+    distil: float = setting("lambda_d, weight of L_distil [C]", 1.0)
+    align: float = setting("lambda_a, weight of L_align [C]", 1.0)
+    preserve: float = setting("lambda_p, weight of L_preserve [C]", 1.0)
+    distil_T: float = setting("distillation temperature [C]", 2.0, above=0.0)
+    distil_on_current: bool = setting("also distil on the current batch (old outputs computed once at task start) [C]", False)
+    align_kind: str = setting("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]", "joint_infonce", choices=('joint_infonce', 'joint_cosine', 'pairwise_infonce'))
+    align_tau: float = setting("temperature of the InfoNCE alignment [C]", 0.1, above=0.0)
+    align_detach_joint: bool = setting("stop gradients through z_joint in L_align (the joint is the anchor) [C]", True)
+    preserve_tau: float = setting("temperature of the pairwise-similarity distributions [C]", 0.1, above=0.0)
+
+
+@dataclass
+class MemoryConfig:
+    size: int = setting("rehearsal memory size in samples [P: 200]", 200, minimum=0)
+    selection: str = setting("'herding' (on z_joint) or 'random' [C]", "herding", choices=('herding', 'random'))
+    batch_size: int = setting("memory samples drawn per training step from task 2 on [C]", 32, minimum=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = setting("epochs per task", 3, minimum=1)
+    batch_size: int = setting("current-task samples per step [C]", 32, minimum=1)
+    lr: float = setting("AdamW learning rate [C]", 1e-3, above=0.0)
+    weight_decay: float = setting("AdamW weight decay [C]", 1e-4, minimum=0.0)
+    schedule: str = setting("'cosine' within each task, or 'constant'", "cosine", choices=('cosine', 'constant'))
+    precision: str = setting("'fp32' or 'bf16' (autocast)", "fp32", choices=('fp32', 'bf16'))
+    grad_clip: float = setting("max gradient norm; 0 disables", 0.0, minimum=0.0)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = setting("evaluation batch size", 128, minimum=1)
+
+
+@dataclass
+class MethodConfig:
+    """``method.name``; each registered method with settings adds its section ``method.<name>``
+    (mmcl.config assembles them)."""
+    name: str = setting("registered method ('cma': the paper's method; baselines: finetune, joint, er, lwf, ewc, "
+                    "derpp, icarl, l2p, dualprompt, codaprompt; `mmcl list`)", "cma")
+
+
+@dataclass
+class Config:
+    preset: str = setting("preset this config started from", "")
+    run: RunConfig = setting("run folder, seed, device", factory=RunConfig)
+    data: DataConfig = setting("data set and preparation", factory=DataConfig)
+    encoders: EncodersConfig = setting("frozen pre-trained encoders per modality", factory=EncodersConfig)
+    scenario: ScenarioConfig = setting("task stream", factory=ScenarioConfig)
+    model: ModelConfig = setting("MMEncoder and heads", factory=ModelConfig)
+    adapter: AdapterConfig = setting("cross-modality adapter (mixture of experts)", factory=AdapterConfig)
+    freeze: FreezeConfig = setting("expert freezing", factory=FreezeConfig)
+    loss: LossConfig = setting("loss weights and parameters", factory=LossConfig)
+    memory: MemoryConfig = setting("rehearsal memory", factory=MemoryConfig)
+    train: TrainConfig = setting("optimisation", factory=TrainConfig)
+    eval: EvalConfig = setting("evaluation", factory=EvalConfig)
+    method: MethodConfig = setting("method", factory=MethodConfig)
