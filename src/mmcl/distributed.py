@@ -67,6 +67,15 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return int(t.item())
 
+    def min_max(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(elementwise minimum, maximum) of ``t`` over ranks, as new tensors; (t, t) copies in a
+        single process. Equal on every rank when the ranks agree (e.g. on a weight checksum)."""
+        lo, hi = t.clone(), t.clone()
+        if self.enabled:
+            tdist.all_reduce(lo, op=tdist.ReduceOp.MIN)
+            tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
+        return lo, hi
+
     def all_ok(self, ok: bool, device) -> bool:
         """True when ``ok`` on every rank (for decisions one rank makes, e.g. a file write)."""
         return self.all_max_int(0 if ok else 1, device) == 0
