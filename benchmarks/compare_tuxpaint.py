@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" (log: {job.log})" if job.status == "failed" else f"; about {_hm(left)} left"),
                   flush=True)
 
-    from mmcl.report import compare_runs, skipped_runs, write_comparison
+    from mmcl.compare import compare_runs, skipped_runs, write_comparison
     dirs = [j.run_dir for j in jobs if j.status != "missing"]
     rows = compare_runs(dirs)
     skipped = skipped_runs(dirs)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 # Imported once, in the forkserver (by name: the server does not see the tests folder).
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.optim", "mmcl.cli", "mmcl.engine",
-           "mmcl.report", "mmcl.methods", "mmcl.encoders", "mmcl.data", "matplotlib.pyplot", "safetensors.torch"]
+           "mmcl.report", "mmcl.compare", "mmcl.methods", "mmcl.encoders", "mmcl.data", "matplotlib.pyplot",
+           "safetensors.torch"]
 
 _CTX = None
 

@@ -1,4 +1,4 @@
-"""`mmcl compare` (report.compare_runs & co.) and benchmarks/compare_tuxpaint.py."""
+"""`mmcl compare` (mmcl.compare.compare_runs & co.) and benchmarks/compare_tuxpaint.py."""
 import csv
 import importlib.util
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmcl.cli import main
-from mmcl.report import (COMPARE_CSV_COLUMNS, compare_runs, format_comparison_markdown, skipped_runs,
-                         write_comparison)
+from mmcl.compare import (COMPARE_CSV_COLUMNS, compare_runs, format_comparison_markdown, skipped_runs,
+                          write_comparison)
 
 from test_end_to_end import tiny_overrides
 

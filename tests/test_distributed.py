@@ -107,3 +107,54 @@ def test_prompt_method_in_two_processes_matches_one(fake_stamps, tmp_path):
     for k in t1:
         if t1[k].is_floating_point():
             torch.testing.assert_close(t2[k], t1[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_shards_drawing_the_whole_batch_noise_route_as_one_forward(fake_stamps, tmp_path):
+    """The model's side of a data-parallel step, in one process: rows run in two shards, each
+    with its slice of the whole batch's gate noise and usage counting left to the caller, give
+    the rows, the usage counts and the RNG state of one forward over the batch."""
+    from test_chunks import experiment
+    from mmcl.model.mmencoder import noise_rows
+
+    exp = experiment(fake_stamps, tmp_path / "cache", tmp_path)
+    model = exp.model
+    model.train()
+    idx = torch.as_tensor(exp.method.scenario.tasks[0].train[:7])
+    cuts = ((0, 4), (4, 7))
+    whole_batch = exp.method.fetch(idx)
+    shard_batches = [exp.method.fetch(idx[s:e]) for s, e in cuts]
+
+    for a in model.adapters:
+        a.reset_usage()
+    torch.manual_seed(5)
+    whole = model(whole_batch)
+    after_whole = torch.randn(1)
+    usage_whole = [a.usage_count.clone() for a in model.adapters]
+
+    for a in model.adapters:
+        a.reset_usage()
+    torch.manual_seed(5)
+    noise = model.draw_routing_noise(len(idx))
+    assert noise is not None  # noisy gating in training mode
+    parts = [model(b, noise=noise_rows(noise, slice(s, e)), count_usage=False)
+             for b, (s, e) in zip(shard_batches, cuts)]
+    after_shards = torch.randn(1)
+    assert all(a.usage_count.sum() == 0 for a in model.adapters)  # left to the caller
+    blocks = range(len(model.adapters))
+    model.add_usage([sum(p.usage[b] for p in parts) for b in blocks],
+                    [sum(p.routings[b] for p in parts) for b in blocks])
+
+    assert torch.equal(after_whole, after_shards)
+    torch.testing.assert_close(torch.cat([p.logits for p in parts]), whole.logits, atol=1e-5, rtol=1e-4)
+    for a, u in zip(model.adapters, usage_whole):
+        assert torch.equal(a.usage_count, u) and u.sum() > 0
+
+
+def test_min_max_in_one_process_returns_copies():
+    from mmcl.distributed import Dist
+
+    t = torch.tensor([1.5, -2.0], dtype=torch.float64)
+    lo, hi = Dist().min_max(t)
+    assert torch.equal(lo, t) and torch.equal(hi, t)
+    lo += 1
+    assert torch.equal(hi, t) and t[0] == 1.5

@@ -128,7 +128,7 @@ def _dispatch(args) -> int:
             print(path)
         return 0
     if args.command == "compare":
-        from mmcl.report import compare_runs, format_comparison_markdown, skipped_runs, write_comparison
+        from mmcl.compare import compare_runs, format_comparison_markdown, skipped_runs, write_comparison
         rows = compare_runs(args.run_dirs, group_by=args.group_by)
         skipped = skipped_runs(args.run_dirs)
         if not rows:

@@ -1,29 +1,32 @@
-"""Data-parallel training with torch.distributed, started by torchrun.
+"""Data-parallel training with torch.distributed, started by torchrun: the process group and
+every collective operation of a run.
 
 ``torchrun --nproc_per_node=N -m mmcl run PRESET`` sets RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT; the engine then joins a process group (nccl on GPUs, gloo on CPU).
+MASTER_ADDR / MASTER_PORT; the engine then joins a process group (``from_env``: nccl on GPUs,
+gloo on CPU) and hands the resulting ``Dist`` to the method. ``Dist``'s methods are the only
+collectives of the package (no other module imports torch.distributed); in a single process
+they are no-ops that return their input.
 
-How a step is split (docs/resume_and_distributed.md has the reasoning):
+Who calls what (docs/resume_and_distributed.md has the reasoning):
 
-- ``train.batch_size`` and ``memory.batch_size`` are global. Every rank draws the same batch
-  indices (same seeds, same generators), then runs the model on its own contiguous slice of
-  the batch's rows only.
-- The losses need the whole batch (in-batch negatives of L_align, pairwise similarities of
-  L_preserve, cv^2 of the load balance), so each rank gathers every rank's outputs
-  (``gather_rows``) and the gate statistics (``sum_across``) and computes the same loss as a
-  single process would on the whole batch. In the backward pass each rank keeps the gradient
-  of its own rows; the parameter gradients are then summed over ranks (``sync_gradients``):
-  exactly the single-process gradient, up to floating-point summation order.
-- Routing noise is drawn for the whole batch on every rank (identical RNG states) and each
-  rank takes its rows, so a rank routes its samples exactly as one process would.
-- Expert-usage counts are summed over ranks every step, so every rank freezes the same
-  experts; memory selection runs on features gathered from all ranks; evaluation counts are
-  summed. Only rank 0 writes files.
+- mmcl.parallel, behind ``Method.forward_batch`` / ``Method.infer``: each rank runs the model
+  on its contiguous slice of a batch's rows (``shard_bounds``); the outputs are gathered
+  (``gather_rows``, differentiable; ``gather_rows_nograd`` for inference), the gate
+  statistics summed (``sum_across``, differentiable) and the expert-usage counts summed
+  (``all_sum_``), so every rank computes the loss of the whole batch. The routing noise is
+  drawn for the whole batch on every rank and sliced.
+- the engine: ``sync_gradients`` sums the parameter gradients after the backward pass (each
+  rank back-propagated into its own rows only: the sum is the single-process gradient, up to
+  floating-point summation order); evaluation counts are summed (``all_sum_``); rank 0 reads
+  checkpoints and sends them (``broadcast_bytes``); decisions one rank makes are shared
+  (``all_ok``, ``all_max_int``); after every task the ranks compare a weight checksum
+  (``min_max``); ``barrier`` and ``destroy`` around the run. Only rank 0 writes files.
 
-We sum gradients by hand rather than wrapping the model in DistributedDataParallel: the
-loss is not a per-sample mean (DDP's averaging would be wrong), unchosen and frozen experts
-would need ``find_unused_parameters``, and one flat all-reduce per step is simple and
-deterministic.
+``train.batch_size`` and ``memory.batch_size`` are global: every rank draws the same batch
+indices (same seeds, same generators). We sum gradients by hand rather than wrapping the model
+in DistributedDataParallel: the loss is not a per-sample mean (DDP's averaging would be wrong),
+unchosen and frozen experts would need ``find_unused_parameters``, and one flat all-reduce per
+step is simple and deterministic.
 """
 from __future__ import annotations
 
@@ -66,6 +69,15 @@ class Dist:
         t = torch.tensor([int(value)], dtype=torch.long, device=device)
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return int(t.item())
+
+    def min_max(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(elementwise minimum, maximum) of ``t`` over ranks, as new tensors; (t, t) copies in a
+        single process. Equal on every rank when the ranks agree (e.g. on a weight checksum)."""
+        lo, hi = t.clone(), t.clone()
+        if self.enabled:
+            tdist.all_reduce(lo, op=tdist.ReduceOp.MIN)
+            tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
+        return lo, hi
 
     def all_ok(self, ok: bool, device) -> bool:
         """True when ``ok`` on every rank (for decisions one rank makes, e.g. a file write)."""

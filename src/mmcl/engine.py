@@ -387,9 +387,7 @@ class Experiment(ResumableRun):
         with torch.no_grad():
             total = sum(v.double().sum() for v in self.model.learned_state_dict().values()
                         if v.is_floating_point()).reshape(1).to(self.device)
-            lo, hi = total.clone(), total.clone()
-            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+            lo, hi = self.dist.min_max(total)
         if not torch.equal(lo, hi):
             log.warning("after task %d the ranks' models differ (parameter sums %.10g .. %.10g)",
                         t + 1, float(lo), float(hi))

@@ -18,17 +18,19 @@ a method owns its losses and its memory.
                              may be taken in the middle of a task, so the state includes what
                              begin_task set up; a resumed task does not call begin_task again.
 
-Training forwards go through ``forward_batch(idx)``: in a data-parallel run (torchrun) it runs
-this rank's share of the rows and gathers the outputs of the whole batch, so a method's loss
-code is the same in one process and in many (see mmcl.distributed).
+Training forwards go through ``forward_batch(idx)`` and eval-mode passes over samples through
+``infer(idx)``: thin calls into mmcl.parallel, which in a data-parallel run (torchrun) runs this
+rank's share of the rows and combines the outputs of the whole batch across ranks, so a
+method's loss code is the same in one process and in many. ``self.dist`` (set by the engine)
+is the run's process group (mmcl.distributed).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from mmcl.distributed import Dist, shard_bounds, shard_sizes
-from mmcl.model.adapter import balance_from_stats
+from mmcl import parallel
+from mmcl.distributed import Dist
 from mmcl.model.mmencoder import MMModel, Output
 
 
@@ -70,71 +72,17 @@ class Method:
     def forward_batch(self, idx: Tensor) -> tuple[Output, Tensor]:
         """Training forward over the samples ``idx`` -> (outputs of every row, targets). In a
         data-parallel run each rank computes its slice of the rows and the outputs, the gate
-        statistics and the expert-usage counts of the whole batch are combined across ranks."""
-        if not self.dist.enabled:
-            batch = self.fetch(idx)
-            return self.model(batch), batch["target"]
-        d, model, n = self.dist, self.model, len(idx)
-        sizes = shard_sizes(n, d.world_size)
-        start, end = shard_bounds(n, d.world_size, d.rank)
-        with model.sharded(n, start, end):
-            if end > start:
-                out = model(self.fetch(idx[start:end]))
-            else:  # fewer rows than ranks: nothing to run, but keep the RNG in step
-                out = None
-                model.skip_routing_noise(n)
-        mods, C, dz = model.modalities, model.classifier.num_classes, model.classifier.dim
-        if out is not None:
-            local = torch.cat([out.logits.float()] + [out.z_mod[m].float() for m in mods] + [out.z_joint.float()], 1)
-        else:
-            local = torch.zeros(0, C + (len(mods) + 1) * dz, device=self.device)
-        full = d.gather_rows(local, sizes)
-        z_mod = {m: full[:, C + i * dz:C + (i + 1) * dz] for i, m in enumerate(mods)}
-        balance, usage = 0.0, []
-        if model.adapters:
-            stats = out.stats.float() if out is not None else torch.zeros(model.routing_stats_shape(),
-                                                                             device=self.device)
-            balance = balance_from_stats(d.sum_across(stats))
-            E = model.adapters[0].num_experts
-            counts = torch.zeros(len(model.adapters), E + 1, dtype=torch.float64, device=self.device)
-            if out is not None:
-                counts[:, :E] = torch.stack(out.usage).double()
-                counts[:, E] = torch.tensor(out.routings, dtype=torch.float64)
-            d.all_sum_(counts)
-            if model.training:
-                for a, c in zip(model.adapters, counts):
-                    a.add_usage(c[:E], float(c[E]))
-            usage = list(counts[:, :E])
-        output = Output(full[:, :C], z_mod, full[:, C + len(mods) * dz:], balance, usage)
-        return output, self.targets(idx)
+        statistics and the expert-usage counts of the whole batch are combined across ranks
+        (mmcl.parallel.forward_batch)."""
+        return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device)
 
     @torch.no_grad()
     def infer(self, idx: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         """Eval-mode logits and joint representations of samples (chunked), on the CPU. In a
-        data-parallel run each rank infers its share and every rank gets all rows."""
-        if self.dist.enabled:
-            d = self.dist
-            sizes = shard_sizes(len(idx), d.world_size)
-            start, end = shard_bounds(len(idx), d.world_size, d.rank)
-            logits, z = self._infer_local(idx[start:end], batch_size)
-            both = d.gather_rows_nograd(torch.cat([logits, z], 1).to(self.device), sizes).cpu()
-            return both[:, :logits.shape[1]], both[:, logits.shape[1]:]
-        return self._infer_local(idx, batch_size)
-
-    @torch.no_grad()
-    def _infer_local(self, idx: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
-        was = self.model.training
-        self.model.eval()
-        bs = batch_size or self.cfg.eval.batch_size
-        logits, zs = [], []
-        for s in range(0, len(idx), bs):
-            out = self.model(self.fetch(idx[s:s + bs]))
-            logits.append(out.logits.float().cpu())
-            zs.append(out.z_joint.float().cpu())
-        self.model.train(was)
-        if not logits:
-            return torch.zeros(0, self.model.classifier.num_classes), torch.zeros(0, self.model.classifier.dim)
-        return torch.cat(logits), torch.cat(zs)
+        data-parallel run each rank infers its share and every rank gets all rows
+        (mmcl.parallel.infer)."""
+        return parallel.infer(self.model, self.dist, idx, self.fetch, batch_size or self.cfg.eval.batch_size,
+                              self.device)
 
     # -- the contract ---------------------------------------------------------------------------
     def begin_task(self, t: int) -> None:

@@ -101,12 +101,6 @@ class CrossModalityAdapter(nn.Module):
         self.register_buffer("usage_count", torch.zeros(num_experts, dtype=torch.float64))
         self.register_buffer("routing_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
-        # Set by MMModel.forward for one call: the gate noise of this call's rows, drawn once
-        # for the whole (global) batch and sliced, so neither data-parallel sharding nor
-        # length-sorted chunking changes any sample's noise; and whether this call adds its
-        # expert-usage counts itself (a sharded step adds them once summed over ranks).
-        self.noise: dict[str, Tensor] | None = None
-        self.count_usage = True
 
     # -- freezing -------------------------------------------------------------------------------
     def add_usage(self, counts: Tensor, routings: float) -> None:
@@ -142,8 +136,9 @@ class CrossModalityAdapter(nn.Module):
         """Standard normal gate noise, (rows, E) per modality, in the order forward uses it."""
         return {m: torch.randn(rows, self.num_experts, device=device, dtype=torch.float32) for m in self.modalities}
 
-    def _route(self, m: str, gate_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> (chosen expert ids (B, k), their weights (B, k), importance (E,), load (E,))."""
+    def _route(self, m: str, gate_in: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> (chosen expert ids (B, k), their weights (B, k), importance (E,), load (E,)).
+        ``noise``: pre-drawn (B, E) standard normal gate noise (drawn here when None)."""
         logits = self.gate[m](gate_in)
         E, k = self.num_experts, self.top_k
         if self.dense:
@@ -154,8 +149,8 @@ class CrossModalityAdapter(nn.Module):
         noisy = self.draws_noise
         if noisy:
             noise_std = F.softplus(self.gate_noise[m](gate_in)) + 1e-2
-            noise = self.noise[m] if self.noise is not None else \
-                torch.randn(logits.shape[0], E, device=logits.device, dtype=torch.float32)
+            if noise is None:
+                noise = torch.randn(logits.shape[0], E, device=logits.device, dtype=torch.float32)
             noisy_logits = logits + noise.to(logits.dtype) * noise_std
         else:
             noisy_logits = logits
@@ -248,12 +243,19 @@ class CrossModalityAdapter(nn.Module):
             return chan * torch.bmm((pool_w[:, :, None].to(tok.dtype) * tok).transpose(1, 2), x).squeeze(1)
         return chan[:, None, :] * tok * x
 
-    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None], pool: bool = False
+    def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None], pool: bool = False,
+                noise: dict[str, Tensor] | None = None, count_usage: bool = True
                 ) -> tuple[dict[str, Tensor], Routing]:
         """-> (new tokens per modality (B,N,D), routing). ``pool=True`` (the last block, whose
         tokens are only ever averaged) returns the mean of the new tokens over valid tokens
         (B,D) instead, computed as mean(tokens) + up(mean(mixed)): the up projection and the
-        experts' value products then run once per sample, not once per token."""
+        experts' value products then run once per sample, not once per token.
+
+        ``noise``: the gate noise of these rows per modality (draw_noise, drawn once for the
+        whole batch by MMModel and sliced, so neither data-parallel sharding nor length-sorted
+        chunking changes any sample's noise); None draws it here. ``count_usage=False`` leaves
+        adding the expert-usage counts (``Routing.counts``) to the caller (a data-parallel step
+        adds them once summed over ranks)."""
         down = {m: self.down[m](tokens[m]) for m in self.modalities}
         pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
         ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
@@ -264,7 +266,8 @@ class CrossModalityAdapter(nn.Module):
         for m in self.modalities:
             others = [j for j in self.modalities if j != m] or [m]  # one modality: its own tokens
             other_pool = torch.stack([pooled[j] for j in others]).mean(0)
-            idx, w, importance, load = self._route(m, torch.cat([pooled[m], other_pool], -1))
+            idx, w, importance, load = self._route(m, torch.cat([pooled[m], other_pool], -1),
+                                                   None if noise is None else noise[m])
             stats.append(torch.stack([importance, load.to(importance.dtype)]))
             bal = load_balance(importance, load)
             ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
@@ -295,6 +298,6 @@ class CrossModalityAdapter(nn.Module):
             else:
                 counts += torch.bincount(idx.reshape(-1), minlength=self.num_experts).to(counts.dtype)
             routings += idx.shape[0]
-        if self.training and self.count_usage:
+        if self.training and count_usage:
             self.add_usage(counts.double(), routings)
         return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats))

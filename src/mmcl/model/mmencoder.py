@@ -1,7 +1,13 @@
-"""MMEncoder: frozen encoders + cross-modality adapters, projections, fusion and classifier."""
+"""MMEncoder: frozen encoders + cross-modality adapters, projections, fusion and classifier.
+
+A data-parallel step (mmcl.parallel) runs a share of a batch's rows through the same model,
+with three calls: ``draw_routing_noise(rows)`` draws the gate noise of the whole batch (every
+rank draws it, so the RNG stays in step), ``forward(batch, noise=noise_rows(noise, rows),
+count_usage=False)`` routes the rank's rows with their slice of it and leaves the usage
+counts to the caller, and ``add_usage(counts, routings)`` adds the counts once summed over ranks.
+"""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -80,43 +86,39 @@ class MMModel(nn.Module):
         self.classifier = GrowingClassifier(mc.dim_z)
         self.prompter: nn.Module | None = None  # set by the prompt methods (mmcl.model.prompts)
         self.length_chunks = int(mc.length_chunks)
-        self._shard: tuple[int, int, int] | None = None  # set by sharded()
 
     def learned_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen encoders (re-loaded from their source on resume)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoders.")}
 
-    @contextlib.contextmanager
-    def sharded(self, rows: int, start: int, end: int):
-        """While active, this process runs rows [start, end) of a ``rows``-row data-parallel
-        batch: routing noise is drawn for all rows and sliced, and the adapters leave usage
-        counting to the caller (which sums the counts over ranks first)."""
-        self._shard = (rows, start, end)
-        try:
-            yield
-        finally:
-            self._shard = None
-
-    def _routing_noise(self, rows: int, device) -> list | None:
-        """Gate noise for every adapter and modality, drawn in the order the adapters use it
-        (one (rows, E) draw each), or None when no adapter draws noise (eval, dense, off)."""
+    # -- routing, for data-parallel steps (mmcl.parallel) ----------------------------------------
+    def draw_routing_noise(self, rows: int) -> list | None:
+        """Gate noise of a ``rows``-row batch for every adapter and modality, drawn in the order
+        the adapters use it (one (rows, E) draw each), or None when no adapter draws noise
+        (eval, dense, off). ``forward`` draws it itself unless given; drawing it without a
+        forward advances the RNG exactly as a forward over ``rows`` rows would."""
         if not any(a.draws_noise for a in self.adapters):
             return None
+        device = next(self.parameters()).device
         return [a.draw_noise(rows, device) if a.draws_noise else None for a in self.adapters]
 
-    def skip_routing_noise(self, rows: int) -> None:
-        """Advance the RNG exactly as a forward over ``rows`` rows would (a rank with no rows
-        in a step must stay in step with the others)."""
-        self._routing_noise(rows, next(self.parameters()).device)
-
     def routing_stats_shape(self) -> tuple[int, ...]:
+        """Shape of ``Output.stats``: (blocks, modalities, 2, experts)."""
         a = self.adapters[0]
         return (len(self.adapters), len(a.modalities), 2, a.num_experts)
 
-    def encode(self, batch: dict) -> tuple[dict[str, Tensor], list]:
+    def add_usage(self, counts, routings) -> None:
+        """Add expert-usage counts to the adapters: per block, the (E,) choice counts and the
+        number of routings (what a ``count_usage=False`` forward left to its caller)."""
+        for a, c, r in zip(self.adapters, counts, routings):
+            a.add_usage(c, float(r))
+
+    def encode(self, batch: dict, noise: list | None = None, count_usage: bool = True
+               ) -> tuple[dict[str, Tensor], list]:
         """Run the frozen blocks with adapters; returns each modality's last-block tokens
         averaged over its valid tokens (B, D) and each block's Routing. The last adapter
-        returns that average directly (CrossModalityAdapter pool=True)."""
+        returns that average directly (CrossModalityAdapter pool=True). ``noise`` (per block,
+        these rows' gate noise) and ``count_usage`` go to the adapters (see forward)."""
         tokens, masks = {}, {}
         for m in self.modalities:
             x = batch[m]
@@ -142,7 +144,8 @@ class MMModel(nn.Module):
                 if any(carried.values()):
                     raise ValueError("persistent prompts and cross-modality adapters cannot be combined")
                 last = b == self.num_blocks - 1
-                tokens, r = self.adapters[b](tokens, masks, pool=last)
+                tokens, r = self.adapters[b](tokens, masks, pool=last, noise=None if noise is None else noise[b],
+                                             count_usage=count_usage)
                 routing.append(r)
                 if last:
                     return tokens, routing
@@ -151,27 +154,26 @@ class MMModel(nn.Module):
             pooled[m] = masked_mean(*strip(tokens[m], masks[m], carried[m]))
         return pooled, routing
 
-    def forward(self, batch: dict) -> Output:
+    def forward(self, batch: dict, noise: list | None = None, count_usage: bool = True) -> Output:
         """Logits and representations of a batch. Rows are run in up to ``model.length_chunks``
         groups of similar length (exact: every sample is computed on its own; see
-        length_chunks), with the gate noise drawn once for the whole batch."""
+        length_chunks), with the gate noise drawn once for the whole batch.
+
+        ``noise``: the gate noise of this batch's rows (``noise_rows`` of a
+        ``draw_routing_noise`` of the whole data-parallel batch); None draws it here.
+        ``count_usage=False``: the adapters do not add this call's expert-usage counts (in
+        ``Output.usage`` / ``Output.routings``); the caller adds them with ``add_usage``."""
         rows = batch_rows(batch, self.modalities)
         device = next(self.parameters()).device
-        noise = None
-        if self.adapters:
-            if self._shard is not None:
-                total, start, end = self._shard
-                full = self._routing_noise(total, device)
-                noise = noise_rows(full, slice(start, end))
-            else:
-                noise = self._routing_noise(rows, device)
+        if self.adapters and noise is None:
+            noise = self.draw_routing_noise(rows)
         parts = (length_chunks(batch, self.modalities, self.length_chunks)
                  if self.prompter is None else None)  # prompters keep per-call state: one call
         if parts is None:
-            return self._forward_rows(batch, noise)
+            return self._forward_rows(batch, noise, count_usage)
         outs, order = [], []
         for idx, sub in parts:
-            outs.append(self._forward_rows(sub, noise_rows(noise, idx)))
+            outs.append(self._forward_rows(sub, noise_rows(noise, idx), count_usage))
             order.append(idx)
         inv = torch.argsort(torch.cat(order).to(device))
         logits = torch.cat([o.logits for o in outs])[inv]
@@ -184,15 +186,8 @@ class MMModel(nn.Module):
         routings = [sum(o.routings[b] for o in outs) for b in range(len(self.adapters))]
         return Output(logits, z_mod, z_joint, balance_from_stats(stats), usage, routings, stats)
 
-    def _forward_rows(self, batch: dict, noise: list | None) -> Output:
-        for b, a in enumerate(self.adapters):
-            a.noise = None if noise is None else noise[b]
-            a.count_usage = self._shard is None
-        try:
-            pooled, routing = self.encode(batch)
-        finally:
-            for a in self.adapters:
-                a.noise, a.count_usage = None, True
+    def _forward_rows(self, batch: dict, noise: list | None, count_usage: bool) -> Output:
+        pooled, routing = self.encode(batch, noise, count_usage)
         balance = 0.0
         for r in routing:
             balance = balance + r.balance
@@ -203,7 +198,7 @@ class MMModel(nn.Module):
 
 
 def noise_rows(noise: list | None, rows) -> list | None:
-    """The rows ``rows`` (slice or index tensor) of pre-drawn gate noise (MMModel._routing_noise)."""
+    """The rows ``rows`` (slice or index tensor) of pre-drawn gate noise (MMModel.draw_routing_noise)."""
     if noise is None:
         return None
     return [None if n is None else {m: v[rows] for m, v in n.items()} for n in noise]
