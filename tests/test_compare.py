@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmcl.cli import main
-from mmcl.compare import (COMPARE_CSV_COLUMNS, compare_runs, format_comparison_markdown, skipped_runs,
-                          write_comparison)
-
+from mmcl.compare import COMPARE_CSV_COLUMNS, compare_runs, format_comparison_markdown, skipped_runs, write_comparison
 from test_end_to_end import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent

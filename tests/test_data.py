@@ -11,10 +11,10 @@ import torch
 
 from conftest import FAKE_CLASSES, LANGUAGES, make_stamp_tree
 from mmcl.config import build_config
-from mmcl.data.tuxpaint import TUXPAINT_LANGUAGES
-from mmcl.settings import TUXPAINT_CLASSES
 from mmcl.data import DataError, PreparedData, TuxPaint, prepare, split_samples
 from mmcl.data import tuxpaint as tp
+from mmcl.data.tuxpaint import TUXPAINT_LANGUAGES
+from mmcl.settings import TUXPAINT_CLASSES
 
 REAL_ROOT = Path("/usr/share/tuxpaint/stamps")
 
@@ -354,6 +354,7 @@ def test_real_stamps_counts(tmp_path):
 
 def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
+
     from mmcl.data.prepared import _load_tensors
     maps, memmap = [], np.memmap
 

@@ -16,9 +16,9 @@ import mmcl
 from mmcl.cli import main as cli_main
 from mmcl.config import build_config
 from mmcl.data.clips import shipped_split
-from mmcl.data.uestc_mmea import decode_uestc_imu
 from mmcl.data.media import decode_video, frame_positions, median_filter
 from mmcl.data.prepared import DataError, prepare
+from mmcl.data.uestc_mmea import decode_uestc_imu
 from mmcl.encoders import build_encoder
 
 SR = 16000
@@ -246,7 +246,7 @@ def samsemo_tree(root, langs=("EN", "DE"), n=6):
     rows = []
     emotions = ["happiness", "sadness"]
     for lang in langs:
-        for split in ("train", "valid", "test"):
+        for _split in ("train", "valid", "test"):
             (root / "splits").mkdir(parents=True, exist_ok=True)
         ids = {"train": [], "valid": [], "test": []}
         for k in range(n):
@@ -322,6 +322,7 @@ def test_dataset_root_is_asked_for(tmp_path, monkeypatch):
 
 def test_imu_encoder_fitted_on_task_1_then_frozen(tmp_path, caplog):
     import logging
+
     from mmcl.config import ConfigError
     from mmcl.engine import Experiment
     uestc_tree(tmp_path / "uestc")

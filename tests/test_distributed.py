@@ -113,8 +113,8 @@ def test_shards_drawing_the_whole_batch_noise_route_as_one_forward(fake_stamps, 
     """The model's side of a data-parallel step, in one process: rows run in two shards, each
     with its slice of the whole batch's gate noise and usage counting left to the caller, give
     the rows, the usage counts and the RNG state of one forward over the batch."""
-    from test_chunks import experiment
     from mmcl.model.mmencoder import noise_rows
+    from test_chunks import experiment
 
     exp = experiment(fake_stamps, tmp_path / "cache", tmp_path)
     model = exp.model

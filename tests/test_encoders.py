@@ -387,11 +387,13 @@ def test_videomae_from_a_folder_blockwise_equals_model_forward(tmp_path):
                                          tubelet_size=2, use_mean_pooling=False)).eval()
     model.save_pretrained(tmp_path)
     VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
-    enc = build_encoder("video", video_cfg(**{"encoders.video.kind": "videomae", "encoders.video.source": str(tmp_path)}))
+    enc = build_encoder("video", video_cfg(**{"encoders.video.kind": "videomae",
+                                              "encoders.video.source": str(tmp_path)}))
     inputs = enc.preprocess(clips())
     with torch.no_grad():
         got, _ = enc(inputs)
-        x = (inputs["frames"].float() / 255 - torch.tensor(enc.mean).view(3, 1, 1)) / torch.tensor(enc.std).view(3, 1, 1)
+        mean, std = torch.tensor(enc.mean).view(3, 1, 1), torch.tensor(enc.std).view(3, 1, 1)
+        x = (inputs["frames"].float() / 255 - mean) / std
         want = model(pixel_values=x).last_hidden_state
     assert got.shape == (2, 2 * 2 * 2, 32)  # (4 frames / 2) x 2 x 2 tubelets
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -425,7 +427,8 @@ def test_imu_encoder_windows_and_weight_files(tmp_path):
                                                 "encoders.accel.source": str(tmp_path / "imu.pt")}))
     assert not torch.equal(fitted(inputs)[0], tokens) and fitted.identity() != enc.identity()
     with pytest.raises(ValueError, match="cannot load .*width=64"):
-        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "encoders.accel.source": str(tmp_path / "imu.pt"),
+        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"],
+                                           "encoders.accel.source": str(tmp_path / "imu.pt"),
                                            "data.sensor_length": 48, "data.sensor_window": 8}))
     with pytest.raises(ValueError, match="must be a multiple of data.sensor_window=7"):
         build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "data.sensor_window": 7}))

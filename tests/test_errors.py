@@ -180,7 +180,8 @@ def test_missing_data_root(tmp_path, capsys):
 
 # -- label not in the class list ----------------------------------------------------------------
 def test_class_without_stamps_suggests_the_closest(stamps, tmp_path, capsys):
-    code, err = cli(capsys, "run", "tuxpaint", overrides(stamps, tmp_path, **{"data.classes": ["clothes", "food/fruti"]}))
+    wrong = overrides(stamps, tmp_path, **{"data.classes": ["clothes", "food/fruti"]})
+    code, err = cli(capsys, "run", "tuxpaint", wrong)
     assert code == 1
     msg = one_line(err)
     assert "'food/fruti' has no stamps (did you mean 'food/fruit'?)" in msg
@@ -314,6 +315,7 @@ def test_hub_id_not_cached_fails_fast(stamps, tmp_path, capsys, monkeypatch):
 def test_hub_id_in_the_cache_loads_offline(tmp_path, monkeypatch):
     """A model already in the Hugging Face cache loads without network (and without asking)."""
     import huggingface_hub.constants
+
     from mmcl.encoders.hf_text import tiny_random_bert
     monkeypatch.delenv("MMCL_DOWNLOAD", raising=False)
     repo = tmp_path / "hub" / "models--some-org--tiny-bert"
@@ -348,6 +350,7 @@ def test_cache_write_failure_keeps_complete_files(stamps, tmp_path, capsys, monk
     """Disk full while writing the data cache: the file is named, the files already written are
     complete and kept, no temporary is left, and the next run prepares only what is missing."""
     import errno
+
     import safetensors.torch
     save_file = safetensors.torch.save_file
 

@@ -100,7 +100,8 @@ def test_manifest_errors_name_row_and_file(tmp_path):
     # a label outside the class list
     manifest = write_csv(tmp_path / "data" / "s.csv", rows)
     with pytest.raises(DataError, match=r"row 1: label 'cat' is not in the class list .*Did you mean 'cats'"):
-        Experiment(build_config("manifest", overrides(manifest, tmp_path, **{"data.classes": ["cats", "dog", "owl", "fox"]})))
+        classes = {"data.classes": ["cats", "dog", "owl", "fox"]}
+        Experiment(build_config("manifest", overrides(manifest, tmp_path, **classes)))
     # a missing audio file: named with its row; skip mode leaves it out
     (tmp_path / "data" / rows[5]["speech"]).unlink()
     with pytest.raises(DataError, match=r"row 6: speech file .*dog1_a.wav is missing"):

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import mmcl
 from mmcl.config import build_config, method_defaults
 from mmcl.engine import Experiment, Interrupted
-from mmcl.resume import KILL_ENV
 from mmcl.io import load_checkpoint, save_checkpoint
 from mmcl.plugins import load_all
 from mmcl.registry import REGISTRIES
+from mmcl.resume import KILL_ENV
 from test_end_to_end import tiny_overrides
 
 BASELINES = ["finetune", "joint", "er", "lwf", "ewc", "derpp", "icarl"]

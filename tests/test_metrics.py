@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mmcl.metrics import (DEFINITIONS, SCALAR_METRICS, accuracy_matrix_from_counts,
-                          summarize)
+from mmcl.metrics import DEFINITIONS, SCALAR_METRICS, accuracy_matrix_from_counts, summarize
 
 G = "garbage"  # entries above the diagonal must be ignored, whatever they hold
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_end_to_end import tiny_overrides
 from mmcl.io import load_checkpoint
+from test_end_to_end import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # Wall-clock and environment fields: everything else must be identical.

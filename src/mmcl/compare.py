@@ -8,8 +8,9 @@ as mean and standard deviation over seeds, as a Markdown table and a CSV file.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .report import render_markdown, write_text
 from .results import RESULTS_FILE, is_missing, load_results, run_metrics
@@ -66,7 +67,7 @@ def _group_of(results: dict, run_dir: Path, group_by: str) -> tuple[str, str]:
     return preset, stem
 
 
-def _mean_std(values: Sequence[Any]) -> tuple[Optional[float], Optional[float]]:
+def _mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof=1) of the values present; std None below 2."""
     xs = [float(v) for v in values if isinstance(v, (int, float)) and not is_missing(v)]
     if not xs:
@@ -103,7 +104,7 @@ def compare_runs(run_dirs: Sequence[str | Path], group_by: str = "name") -> list
     return rows
 
 
-def _pm(mean: Optional[float], std: Optional[float]) -> str:
+def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{100.0 * mean:.2f} ± " + ("n/a" if std is None else f"{100.0 * std:.2f}")

@@ -25,7 +25,7 @@ from mmcl.config import Config, to_dict, to_yaml
 from mmcl.data.prepared import PreparedData, prepare
 from mmcl.distributed import from_env, shard_bounds
 from mmcl.encoders import build_encoder
-from mmcl.io import CheckpointStore, atomic_write_bytes, atomic_write_text, write_json, write_jsonl
+from mmcl.io import CheckpointStore, atomic_write_text, write_json, write_jsonl
 from mmcl.methods.base import Method
 from mmcl.model.mmencoder import MMModel
 from mmcl.resume import Interrupted, Progress, ResumableRun, TrainingError, kill_point
@@ -319,41 +319,6 @@ class Experiment(ResumableRun):
             self._write_report()
         return results
 
-    def _fit_encoders(self) -> None:
-        """encoders.<m>.<kind>.fit=first_task (BlockEncoder.fit_on_first_task): train that encoder on task 1 before the method starts (or
-        reload the weights this run folder saved), then serve the data with the fitted encoder."""
-        from safetensors.torch import load as load_bytes, save
-        from mmcl.encoders.fit import fit_first_task, fit_key
-        task = self.scenario.tasks[0]
-        for m in self.cfg.data.modalities:
-            enc = self.model.encoders[m]
-            if not enc.fit_on_first_task:
-                continue
-            key = fit_key(enc, self.cfg, m, self.data, task.train)
-            path = self.run_dir / f"fitted_{m}.safetensors"
-            blob = None
-
-            def fit_or_load():  # rank 0 only; _on_main shares its success or failure with every rank
-                nonlocal blob
-                if path.exists() and _safetensors_meta(path).get("fit_key") == key:
-                    blob = path.read_bytes()
-                    enc.load_state_dict(load_bytes(blob))
-                    log.info("loaded the %s encoder fitted on task 1 from %s", m, path)
-                    return
-                idx = torch.as_tensor(task.train, dtype=torch.long)
-                rows = self.data.rows[m].index_select(0, idx)
-                inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
-                fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
-                blob = save({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
-                            metadata={"fit_key": key})
-                atomic_write_bytes(path, blob)
-            self._on_main(f"fit the {m} encoder on task 1", fit_or_load)
-            if self.dist.enabled:  # every rank serves the data with rank 0's weights
-                enc.load_state_dict(load_bytes(self.dist.broadcast_bytes(blob, self.device)))
-            enc.to(self.device)
-            self.data.reencode(m, enc)
-            self.method.on_encoders_changed()
-
     def _write_report(self) -> None:
         try:
             from mmcl.report import write_report
@@ -391,13 +356,4 @@ class Experiment(ResumableRun):
         if not torch.equal(lo, hi):
             log.warning("after task %d the ranks' models differ (parameter sums %.10g .. %.10g)",
                         t + 1, float(lo), float(hi))
-
-
-def _safetensors_meta(path: Path) -> dict:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:  # a damaged file is refitted
-        return {}
 

@@ -1,4 +1,4 @@
-"""The method's losses as pure functions of tensors (see docs/METHOD.md section 5)."""
+"""The method's losses as pure functions of tensors (docs/method.md; the specification: METHOD.md section 5)."""
 from __future__ import annotations
 
 import math

@@ -10,8 +10,9 @@ of each metric; reports print it next to the value.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _validate_matrix(R: Any) -> np.ndarray:
     return out
 
 
-def _validate_sizes(task_sizes: Optional[Sequence[Any]], T: int) -> np.ndarray:
+def _validate_sizes(task_sizes: Sequence[Any] | None, T: int) -> np.ndarray:
     if task_sizes is None:
         return np.ones(T)
     sizes = list(task_sizes)
@@ -101,7 +102,7 @@ def _validate_sizes(task_sizes: Optional[Sequence[Any]], T: int) -> np.ndarray:
     return np.asarray(sizes, dtype=float)
 
 
-def summarize(R: Any, task_sizes: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+def summarize(R: Any, task_sizes: Sequence[Any] | None = None) -> dict[str, Any]:
     """Compute the continual-learning metrics of accuracy matrix ``R`` (see ``DEFINITIONS``).
 
     ``task_sizes[i]`` is the number of test samples of task i, used to weight accuracy on
@@ -135,7 +136,7 @@ def summarize(R: Any, task_sizes: Optional[Sequence[Any]] = None) -> dict[str, A
     }
 
 
-def accuracy_matrix_from_counts(correct: Any, total: Any) -> list[list[Optional[float]]]:
+def accuracy_matrix_from_counts(correct: Any, total: Any) -> list[list[float | None]]:
     """Turn correct-prediction counts into an accuracy matrix (JSON-friendly lists).
 
     ``correct[t][i]``: correct predictions on task i's test set after training task t (entries
@@ -151,11 +152,11 @@ def accuracy_matrix_from_counts(correct: Any, total: Any) -> list[list[Optional[
         tot = np.tile(tot, (T, 1))
     elif tot.shape != (T, T):
         raise ValueError(f"total must have length {T} or shape ({T}, {T}), got {tot.shape}")
-    out: list[list[Optional[float]]] = []
+    out: list[list[float | None]] = []
     for t, row in enumerate(rows):
         if len(row) != T:
             raise ValueError(f"correct is not square: row {t} has {len(row)} entries, expected {T}")
-        out_row: list[Optional[float]] = [None] * T
+        out_row: list[float | None] = [None] * T
         for i in range(t + 1):
             c, m = row[i], tot[t, i]
             if _is_missing(c):

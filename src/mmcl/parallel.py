@@ -26,7 +26,7 @@ Every collective is a method of ``Dist``; this module only decides what is gathe
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -22,7 +22,7 @@ built-in and third-party plug-ins, in one place above the tables.
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 REGISTRIES: dict[str, dict[str, type]] = {"dataset": {}, "encoder": {}, "method": {}}
 _changes = [0]  # bumped on every registration: mmcl.config rebuilds its schema when it moves

@@ -19,8 +19,9 @@ import datetime as _dt
 import html
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from .metrics import DEFINITIONS, SCALAR_METRICS
 from .plots import accuracy_matrix_figure, expert_usage_figure
@@ -216,7 +217,7 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
     return blocks
 
 
-def _sum_or_none(xs: Any) -> Optional[float]:
+def _sum_or_none(xs: Any) -> float | None:
     try:
         return float(sum(xs)) if xs else None
     except TypeError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .metrics import summarize
 
@@ -24,7 +24,7 @@ def load_results(run_dir: str | Path) -> dict:
         return json.load(f)
 
 
-def accuracy_matrix(results: dict) -> Optional[list[list[Optional[float]]]]:
+def accuracy_matrix(results: dict) -> list[list[float | None]] | None:
     """The accuracy matrix with NaN turned into None, or None when the run has none."""
     R = results.get("accuracy_matrix")
     if not R:
@@ -36,7 +36,7 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def run_metrics(results: dict) -> tuple[dict, Optional[str]]:
+def run_metrics(results: dict) -> tuple[dict, str | None]:
     """Metrics of the run: recomputed from the matrix where possible, stored values filling in.
 
     Returns (metrics, error): error is a sentence when the matrix could not be summarized.
@@ -52,7 +52,7 @@ def run_metrics(results: dict) -> tuple[dict, Optional[str]]:
     return {**stored, **computed}, None
 
 
-def freeze_threshold(results: dict) -> Optional[float]:
+def freeze_threshold(results: dict) -> float | None:
     freeze = (results.get("config") or {}).get("freeze") or {}
     th = freeze.get("threshold") if isinstance(freeze, dict) else None
     return float(th) if isinstance(th, (int, float)) else None

@@ -34,9 +34,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from mmcl.config import from_dict, to_dict
-from mmcl.io import (CheckpointError, CheckpointWriteError, WriteError, parse_checkpoint, save_checkpoint)
+from mmcl.encoders.fit import fit_first_task, fit_key
+from mmcl.io import (
+    CheckpointError,
+    CheckpointWriteError,
+    WriteError,
+    atomic_write_bytes,
+    parse_checkpoint,
+    save_checkpoint,
+)
 from mmcl.version import __version__
 
 log = logging.getLogger("mmcl")
@@ -112,13 +123,13 @@ def _set_rng_meta(meta: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(saved) | set(current)):
         key = f"{prefix}{k}"
         a, b = saved.get(k), current.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_differences(a, b, key + ".")
+            out += config_differences(a, b, key + ".")
         elif a != b and key not in RESUMABLE_DIFFERENCES:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     return out
@@ -275,7 +286,7 @@ class ResumableRun:
         """Load a resume checkpoint into this freshly built experiment."""
         if meta.get("format") != "mmcl-checkpoint-2" or "progress" not in meta:
             raise CheckpointError(f"{where} is not an mmcl resume checkpoint (format {meta.get('format')!r})")
-        diffs = _config_differences(saved_config(meta.get("config", {})), self.cfg_dict)
+        diffs = config_differences(saved_config(meta.get("config", {})), self.cfg_dict)
         if diffs:
             raise CheckpointError(f"the run folder {self.run_dir} holds a run with a different config:\n  "
                                   + "\n  ".join(diffs) + "\nRun with --fresh to start over there, or choose "
@@ -334,4 +345,46 @@ class ResumableRun:
                         {"format": "mmcl-checkpoint-1", "method": meta, "classifier_heads": heads,
                          "config": self.cfg_dict})
 
+    # -- encoders fitted on task 1: their weights are part of the run folder ------------------
+    def _fit_encoders(self) -> None:
+        """encoders.<m>.<kind>.fit=first_task (BlockEncoder.fit_on_first_task): train that encoder
+        on task 1 before the method starts (or reload the weights this run folder saved), then
+        serve the data with the fitted encoder."""
+        task = self.scenario.tasks[0]
+        for m in self.cfg.data.modalities:
+            enc = self.model.encoders[m]
+            if not enc.fit_on_first_task:
+                continue
+            key = fit_key(enc, self.cfg, m, self.data, task.train)
+            path = self.run_dir / f"fitted_{m}.safetensors"
+            blob = None
+
+            def fit_or_load():  # rank 0 only; _on_main shares its success or failure with every rank
+                nonlocal blob
+                if path.exists() and _safetensors_meta(path).get("fit_key") == key:
+                    blob = path.read_bytes()
+                    enc.load_state_dict(load_bytes(blob))
+                    log.info("loaded the %s encoder fitted on task 1 from %s", m, path)
+                    return
+                idx = torch.as_tensor(task.train, dtype=torch.long)
+                rows = self.data.rows[m].index_select(0, idx)
+                inputs = {k: v.index_select(0, rows) for k, v in self.data.inputs(m).items()}
+                fit_first_task(enc, inputs, self.data.labels.index_select(0, idx), self.cfg, m, self.device)
+                blob = save_bytes({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
+                            metadata={"fit_key": key})
+                atomic_write_bytes(path, blob)
+            self._on_main(f"fit the {m} encoder on task 1", fit_or_load)
+            if self.dist.enabled:  # every rank serves the data with rank 0's weights
+                enc.load_state_dict(load_bytes(self.dist.broadcast_bytes(blob, self.device)))
+            enc.to(self.device)
+            self.data.reencode(m, enc)
+            self.method.on_encoders_changed()
+
+
+def _safetensors_meta(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # a damaged file is refitted
+        return {}
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmcl.settings import ConfigError
+
 
 @dataclass
 class Task:
@@ -61,7 +63,6 @@ def build_scenario(cfg, labels: torch.Tensor, domains: torch.Tensor, splits: dic
     Every task must have training and test samples for each of its classes (a class that is
     never trained cannot be learnt, one that is never tested cannot be scored): otherwise a
     ScenarioError names the task, the class and its sample counts per split."""
-    from mmcl.config import ConfigError
     sc = cfg.scenario
     n_classes = len(class_names)
     present = sorted(set(labels.tolist()))

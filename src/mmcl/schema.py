@@ -121,17 +121,19 @@ def groups() -> set[str]:
 
 
 def _former_keys() -> dict[str, list[str]]:
-    """Keys of an earlier release -> the key(s) that replaced them."""
+    """Keys of an earlier release -> the key(s) that replaced them (none: retired)."""
     out: dict[str, list[str]] = {}
     for kind, parents in (("method", ["method"]), ("dataset", ["data"]),
                           ("encoder", [f"encoders.{f.name}" for f in fields(settings.EncodersConfig)])):
         for name, cls in registry.REGISTRIES[kind].items():
             for parent in parents:
                 section = f"{parent}.{name}"
-                if section not in _cache["groups"]:
-                    continue
                 for old, new in cls.former_keys.items():
-                    out.setdefault(f"{parent}.{old}", []).append(f"{section}.{new}")
+                    # (an encoder's former keys also sat in the slots of other modalities, where
+                    # they had to keep their defaults: they are retired there, with no new key)
+                    targets = out.setdefault(f"{parent}.{old}", [])
+                    if section in _cache["groups"]:
+                        targets.append(f"{section}.{new}")
     return out
 
 
@@ -186,7 +188,7 @@ def config_reference() -> str:
 
 def migrate(d: dict) -> dict:
     """A saved config (an earlier release's run folder) with its former keys moved to their new
-    places; a copy, the input is not changed."""
+    places and retired ones dropped; a copy, the input is not changed."""
     out = copy.deepcopy(d)
     for old, new in former_keys().items():
         parts = old.split(".")

@@ -73,7 +73,8 @@ class RunConfig:
     seed: int = setting("seed for class order, splits, initialisation, routing noise, sampling", 0)
     device: str = setting("'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)", "auto")
     threads: int = setting("torch CPU threads; 0 keeps torch's default", 0, minimum=0)
-    progress: str = setting("progress bars: 'auto' (only on a terminal), 'always' or 'never'", "auto", choices=('auto', 'always', 'never'))
+    progress: str = setting("progress bars: 'auto' (only on a terminal), 'always' or 'never'", "auto",
+                            choices=('auto', 'always', 'never'))
     save_checkpoint: bool = setting("write the final checkpoint (safetensors + JSON) to checkpoints/", True)
 
 
@@ -124,20 +125,26 @@ class DataConfig:
     domains: list[str] = setting("manifest, samsemo: domains used (empty: all; manifest: in order of appearance, "
                              "samsemo: EN, DE, ES, PL, KO)", factory=list)
     on_missing: str = setting("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file) "
-                          "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail", choices=('fail', 'skip'))
+                          "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail",
+                          choices=('fail', 'skip'))
     root: str = setting("data set root; empty: $MMCL_<DATASET>_ROOT (e.g. MMCL_TUXPAINT_ROOT, MMCL_AVE_ROOT), else "
                     "the folder last given to `mmcl prepare <preset> --root DIR`, else (tuxpaint only) "
                     "/usr/share/tuxpaint/stamps (docs/datasets.md)", "")
     cache_dir: str = setting("where prepared data is cached ($MMCL_CACHE)", factory=_default_cache_dir)
     modalities: list[str] = setting("modalities used, in order", factory=lambda: ["image", "text", "speech"])
-    classes: list[str] = setting("class names (tuxpaint: stamp folders; manifest: empty = every label)", factory=lambda: list(TUXPAINT_CLASSES))
-    split: list[float] = setting("train / val / test fractions, split by stamp with the seed", factory=lambda: [0.7, 0.1, 0.2])
+    classes: list[str] = setting("class names (tuxpaint: stamp folders; manifest: empty = every label)",
+                                 factory=lambda: list(TUXPAINT_CLASSES))
+    split: list[float] = setting("train / val / test fractions, split by stamp with the seed",
+                                 factory=lambda: [0.7, 0.1, 0.2])
     image_size: int = setting("images are resized to this square size (pixels)", 128, minimum=8)
     max_text_tokens: int = setting("text is truncated to this many tokens", 64, minimum=2)
     max_speech_seconds: float = setting("speech and audio are cut to this many seconds", 3.0, above=0.0)
     video_frames: int = setting("frames sampled per video clip, evenly spaced over the clip [C]", 8, minimum=1)
-    sensor_length: int = setting("inertial-sensor recordings are linearly resampled to this many samples [C]", 192, minimum=1)
-    sensor_window: int = setting("sensor samples per token of the imu encoder (UESTC-MMEA-CL's official window: 24)", 24, minimum=1)
+    sensor_length: int = setting("inertial-sensor recordings are linearly resampled to this many samples [C]", 192,
+                                 minimum=1)
+    sensor_window: int = setting("sensor samples per token of the imu encoder (UESTC-MMEA-CL's official window: 24)",
+                                 24,
+                                 minimum=1)
     sample_rate: int = setting("speech is resampled to this rate (Hz); GE2E expects 16000", 16000, minimum=1000)
     cache_prefix: bool = setting(
         "cache each frozen encoder's prefix (tokenizer + block 1, before the first adapter) at "
@@ -146,9 +153,12 @@ class DataConfig:
 
 @dataclass
 class ScenarioConfig:
-    kind: str = setting("'class' (class-incremental, growing head) or 'domain' (domain-incremental, fixed head)", "class", choices=('class', 'domain'))
+    kind: str = setting("'class' (class-incremental, growing head) or 'domain' (domain-incremental, fixed head)",
+                        "class",
+                        choices=('class', 'domain'))
     num_tasks: int = setting("number of tasks (class: classes split evenly; domain: one domain per task)", 4, minimum=1)
-    class_order: str = setting("'seed' (shuffled by run.seed) or 'given' (data.classes order)", "seed", choices=('seed', 'given'))
+    class_order: str = setting("'seed' (shuffled by run.seed) or 'given' (data.classes order)", "seed",
+                               choices=('seed', 'given'))
 
 
 @dataclass
@@ -172,8 +182,10 @@ class AdapterConfig:
     top_k: int = setting("experts chosen per routing [P: 2]", 2, minimum=1)
     dense: bool = setting("ablation: softmax over all experts, every expert computed (no top-k)", False)
     dim: int = setting("shared adapter width d [C]", 128, minimum=1)
-    expert: str = setting("'cross_attention' or 'channel_token_map' [C]", "cross_attention", choices=('cross_attention', 'channel_token_map'))
-    context_tokens: int = setting("other modalities' tokens are mean-pooled to at most this many each [C]", 32, minimum=1)
+    expert: str = setting("'cross_attention' or 'channel_token_map' [C]", "cross_attention",
+                          choices=('cross_attention', 'channel_token_map'))
+    context_tokens: int = setting("other modalities' tokens are mean-pooled to at most this many each [C]", 32,
+                                  minimum=1)
     route: str = setting("routing granularity: 'sample' (per sample and modality) [C]", "sample", choices=('sample',))
     noisy_gating: bool = setting("learned Gaussian noise on gate logits in training (noisy top-k) [C]", True)
     balance_weight: float = setting("lambda_lb of cv^2(importance) + cv^2(load) [C]", 0.01)
@@ -182,8 +194,10 @@ class AdapterConfig:
 @dataclass
 class FreezeConfig:
     enabled: bool = setting("freeze heavily used experts after each task [P]", True)
-    threshold: float = setting("freeze experts whose routing share f_e exceeds this [P: 0.10]", 0.10, minimum=0.0, maximum=1.0)
-    normalize: str = setting("'slots': f_e = count_e / (top_k * routings), shares sum to 1 [C]", "slots", choices=('slots',))
+    threshold: float = setting("freeze experts whose routing share f_e exceeds this [P: 0.10]", 0.10,
+                               minimum=0.0, maximum=1.0)
+    normalize: str = setting("'slots': f_e = count_e / (top_k * routings), shares sum to 1 [C]", "slots",
+                             choices=('slots',))
 
 
 @dataclass
@@ -192,8 +206,11 @@ class LossConfig:
     align: float = setting("lambda_a, weight of L_align [C]", 1.0)
     preserve: float = setting("lambda_p, weight of L_preserve [C]", 1.0)
     distil_T: float = setting("distillation temperature [C]", 2.0, above=0.0)
-    distil_on_current: bool = setting("also distil on the current batch (old outputs computed once at task start) [C]", False)
-    align_kind: str = setting("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]", "joint_infonce", choices=('joint_infonce', 'joint_cosine', 'pairwise_infonce'))
+    distil_on_current: bool = setting("also distil on the current batch (old outputs computed once at task start) [C]",
+                                      False)
+    align_kind: str = setting("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]",
+                              "joint_infonce",
+                              choices=('joint_infonce', 'joint_cosine', 'pairwise_infonce'))
     align_tau: float = setting("temperature of the InfoNCE alignment [C]", 0.1, above=0.0)
     align_detach_joint: bool = setting("stop gradients through z_joint in L_align (the joint is the anchor) [C]", True)
     preserve_tau: float = setting("temperature of the pairwise-similarity distributions [C]", 0.1, above=0.0)

@@ -1,6 +1,6 @@
 """Data sets (one file each, registered by name), preparation and caching."""
-from mmcl.data.prepared import DataError, PreparedData, cache_folder, move_batch, prepare
 from mmcl.data import ave, kinetics_sounds, manifest, samsemo, tuxpaint, uestc_mmea  # noqa: F401  (registers)
+from mmcl.data.prepared import DataError, PreparedData, cache_folder, move_batch, prepare
 from mmcl.data.tuxpaint import TuxPaint, split_samples
 
 __all__ = ["DataError", "PreparedData", "TuxPaint", "cache_folder", "move_batch", "prepare",

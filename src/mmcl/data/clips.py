@@ -19,14 +19,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
-from mmcl.settings import MODALITY_TYPES
 from mmcl.data.media import decode_frame_folder, decode_video
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg
+from mmcl.settings import MODALITY_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def listed_or_seeded_split(records: list[dict], fractions, seed: int):
     """Samples whose record names a split (the release's lists) keep it; the others (e.g. a
     language without a list) are split by the seed, stratified by class, groups kept together."""
     import numpy as np
+
     from mmcl.data.tuxpaint import split_samples
     listed = [r for r in records if r.get("split")]
     rest = [r for r in records if not r.get("split")]

@@ -28,14 +28,14 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from mmcl.settings import MODALITY_TYPES
 from mmcl.data.prepared import DataError
 from mmcl.data.tuxpaint import decode_ogg, decode_png, split_samples
 from mmcl.encoders._weights import file_stamp
 from mmcl.registry import register_dataset
+from mmcl.settings import MODALITY_TYPES
 
 log = logging.getLogger(__name__)
 

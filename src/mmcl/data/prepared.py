@@ -37,8 +37,9 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -392,7 +393,7 @@ def _folder(data, dataset, encoders) -> Path:
 
 
 def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int | None = None,
-            chunk_size: int = 256) -> "PreparedData":
+            chunk_size: int = 256) -> PreparedData:
     """Decode, preprocess and (with data.cache_prefix) encode the data set's block-1 prefix once;
     later calls with the same settings load the cache and decode nothing.
 
@@ -531,7 +532,7 @@ class PreparedData:
 
     @classmethod
     def from_folder(cls, folder: str | Path, modalities: Iterable[str], use_prefix: bool,
-                    split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> "PreparedData":
+                    split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> PreparedData:
         folder = Path(folder)
         meta = _read_records(folder / "records.json")
         kind = "prefix" if use_prefix else "inputs"

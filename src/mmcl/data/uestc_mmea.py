@@ -3,8 +3,8 @@ official list files and sensor preprocessing (Xu-Linfeng/UESTC_MMEA_CL_main)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

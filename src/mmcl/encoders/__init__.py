@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import difflib
 
-from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
 from mmcl.encoders import ge2e, hf_text, hf_vision, imu, mobilenet, video  # noqa: F401 - registers the encoders
 from mmcl.encoders.audio import speech_features
+from mmcl.encoders.base import BlockEncoder, masked_mean, split_layers
 from mmcl.registry import REGISTRIES
 from mmcl.settings import MODALITY_TYPES
 

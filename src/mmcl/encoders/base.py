@@ -65,12 +65,12 @@ class BlockEncoder(nn.Module):
         raise NotImplementedError
 
     # -- frozen by construction ---------------------------------------------------------------
-    def freeze(self) -> "BlockEncoder":
+    def freeze(self) -> BlockEncoder:
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "BlockEncoder":  # noqa: ARG002 - always eval
+    def train(self, mode: bool = True) -> BlockEncoder:  # noqa: ARG002 - always eval
         return super().train(False)
 
     def pooled(self, item: dict, groups: int = 1) -> torch.Tensor:

@@ -30,9 +30,11 @@ import torch
 from torch import Tensor
 
 from mmcl import parallel
+from mmcl.data.prepared import PreparedData
 from mmcl.distributed import Dist
 from mmcl.model.mmencoder import MMModel, Output
-
+from mmcl.scenarios import Scenario
+from mmcl.settings import Config
 
 # The config defaults of the methods that run on frozen features only (no cross-modality adapters).
 ADAPTER_FREE = {"model": {"adapters": False}}
@@ -51,7 +53,12 @@ class Method:
     ``self.settings`` is the method's own config section (``cfg.method.<name>``; None when the
     method declares no settings)."""
 
-    def __init__(self, cfg, model: MMModel, data, scenario, device: torch.device):
+    def __init__(self, cfg: Config, model: MMModel, data: PreparedData, scenario: Scenario, device: torch.device):
+        # cfg: the run's whole config (its type is assembled from the plug-ins at run time:
+        # mmcl.settings.Config plus the plug-in sections); model: the frozen encoders with
+        # adapters, projections, fusion and the growing classifier; data: every sample's prepared
+        # tensors, indexed by sample (data.batch(idx)); scenario: the tasks' sample indices and
+        # the label -> output-unit map.
         self.cfg, self.model, self.data, self.scenario = cfg, model, data, scenario
         self.settings = getattr(cfg.method, getattr(type(self), "registered_name", ""), None)
         self.device = device
@@ -61,7 +68,9 @@ class Method:
         self.dist = Dist()  # the engine sets the process group's view in a data-parallel run
 
     # -- data -----------------------------------------------------------------------------------
-    def fetch(self, idx: Tensor) -> dict:
+    def fetch(self, idx: Tensor) -> dict[str, Tensor]:
+        """The prepared batch of samples idx on the device, with each sample's output unit as
+        "target" (PreparedData.batch: one entry per modality input plus "label")."""
         batch = self.data.batch(idx)
         batch["target"] = self.scenario.label_to_output[batch["label"]]
         return to_device(batch, self.device)

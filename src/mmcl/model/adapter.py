@@ -1,6 +1,6 @@
 """Cross-modality adapter: a mixture of experts after every frozen encoder block.
 
-For modality k at block b (docs/METHOD.md section 2):
+For modality k at block b (docs/method.md; specified in METHOD.md section 2):
   x_k = down_k(h_k)                                   per-modality projection to width d
   c_k = [pool(down_j(h_j)) for j != k]                 the other modalities' tokens (context)
   g_k = top-k(softmax(W_g^k [mean(x_k); mean_j mean(x_j)] + noise))   per sample
