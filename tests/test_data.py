@@ -351,7 +351,7 @@ def test_real_stamps_counts(tmp_path):
 
 def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
-    from mmcl.data.prepared import _load_tensors
+    from mmcl.data.cache import load_tensors
     maps, memmap = [], np.memmap
 
     def recorded(*a, **k):
@@ -362,7 +362,7 @@ def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkey
          "ids": torch.arange(4), "pixels": torch.randint(0, 255, (2, 3, 4), dtype=torch.uint8)}
     path = tmp_path / "x.safetensors"
     save_file(t, str(path))
-    got, ref = _load_tensors(path), load_file(str(path))
+    got, ref = load_tensors(path), load_file(str(path))
     for k in t:
         assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k])
     # served from maps of the file (paged in by the OS), not read whole
@@ -371,7 +371,7 @@ def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkey
     assert torch.equal(load_file(str(path))["tokens"], t["tokens"])
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match=f"cannot read cached file {path}.*prepare again"):
-        _load_tensors(path)
+        load_tensors(path)
 
 
 def test_tuxpaint_root_from_option_env_or_prepare_root(fake_stamps, tmp_path, monkeypatch, capsys):

@@ -365,6 +365,7 @@ def torch_equal(a, b):
 
 def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch):
     import mmcl.data.clips as clips
+    import mmcl.data.pipeline as pipeline
     import mmcl.data.prepared as prep
     written = ave_tree(tmp_path / "AVE_Dataset")
     have = {v for v, _, _ in written}
@@ -375,7 +376,7 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
                           "scenario.num_tasks": 2, "data.on_missing": "skip"})
     cfg = build_config("ave", o)
     encoders = {m: build_encoder(m, cfg) for m in cfg.data.modalities}
-    monkeypatch.setattr(prep, "SHARD_ROWS", 4)
+    monkeypatch.setattr(pipeline, "SHARD_ROWS", 4)
     decoded, real, interrupt = [], clips._decode_clip, [True]
 
     def counting(source, *a, **k):

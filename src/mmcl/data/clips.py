@@ -50,12 +50,12 @@ def dataset_root(data, dataset: str, env: str) -> str:
 
 def remember_root(cache_dir: str, dataset: str, root: str) -> None:
     """``mmcl prepare <preset> --root DIR`` records DIR, so ``mmcl run <preset>`` finds it."""
-    from mmcl.data.prepared import _atomic_write_json
+    from mmcl.data.cache import write_cache_json
     folder = Path(os.path.expanduser(cache_dir))
     folder.mkdir(parents=True, exist_ok=True)
     roots = _roots(cache_dir)
     roots[dataset] = str(Path(os.path.expanduser(root)).resolve())
-    _atomic_write_json(folder / ROOTS_FILE, roots)
+    write_cache_json(folder / ROOTS_FILE, roots)
 
 
 def shipped_split(name: str) -> list[dict]:
