@@ -389,3 +389,27 @@ def test_tuxpaint_root_from_option_env_or_prepare_root(fake_stamps, tmp_path, mo
     monkeypatch.setenv("MMCL_TUXPAINT_ROOT", str(tmp_path / "elsewhere"))  # the variable wins over it
     assert TuxPaint(cfg.data).root == tmp_path / "elsewhere"
     assert TuxPaint(make_cfg(root, tmp_path / "cache").data).root == root  # and data.root over both
+
+
+def test_to_device_is_the_methods_one_batch_mover():
+    """mmcl.data.to_device: nested dicts followed, None masks and other values kept, tensors
+    moved non-blocking by default; the methods use this very function."""
+    from mmcl.data import to_device
+    from mmcl.methods import base, prompting
+
+    calls = []
+
+    class Recorded(torch.Tensor):
+        def to(self, *a, **k):
+            calls.append(k.get("non_blocking"))
+            return super().to(*a, **k)
+
+    t = torch.arange(4.0).as_subclass(Recorded)
+    batch = {"image": {"tokens": t, "mask": None}, "label": t, "name": "x", "n": 3}
+    out = to_device(batch, "cpu")
+    assert out.keys() == batch.keys() and out["image"].keys() == {"tokens", "mask"}
+    assert out["image"]["mask"] is None and out["name"] == "x" and out["n"] == 3
+    assert torch.equal(out["label"], torch.arange(4.0)) and calls == [True, True]
+    to_device(batch, "cpu", non_blocking=False)
+    assert calls[2:] == [False, False]
+    assert base.to_device is to_device and prompting.to_device is to_device

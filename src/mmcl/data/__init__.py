@@ -1,9 +1,10 @@
 """Data sets (one file each, registered by name), preparation and caching."""
+from mmcl.data.batches import to_device
 from mmcl.data.errors import DataError
 from mmcl.data.prepared import cache_folder, prepare
-from mmcl.data.prepared_data import PreparedData, move_batch
+from mmcl.data.prepared_data import PreparedData
 from mmcl.data import ave, kinetics_sounds, manifest, samsemo, tuxpaint, uestc_mmea  # noqa: F401  (registers)
 from mmcl.data.tuxpaint import TuxPaint, split_samples
 
-__all__ = ["DataError", "PreparedData", "TuxPaint", "cache_folder", "move_batch", "prepare",
-           "split_samples"]
+__all__ = ["DataError", "PreparedData", "TuxPaint", "cache_folder", "prepare", "split_samples",
+           "to_device"]

@@ -155,12 +155,3 @@ class PreparedData:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.tensors.values() for t in ts.values())
-
-
-def move_batch(batch: dict, device, non_blocking: bool = False) -> dict:
-    """A batch (nested dicts of tensors, None for absent masks) moved to device."""
-    if isinstance(batch, dict):
-        return {k: move_batch(v, device, non_blocking) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    return batch

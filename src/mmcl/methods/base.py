@@ -25,17 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmcl.data.batches import to_device
 from mmcl.distributed import Dist, shard_bounds, shard_sizes
 from mmcl.model.adapter import balance_from_stats
 from mmcl.model.mmencoder import MMModel, Output
-
-
-def to_device(batch, device):
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class Method:

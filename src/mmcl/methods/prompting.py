@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import Method, to_device
+from mmcl.data.batches import to_device
+from mmcl.methods.base import Method
 
 
 class PromptMethod(Method):
