@@ -12,6 +12,7 @@ import torch
 from conftest import FAKE_CLASSES, LANGUAGES, make_stamp_tree
 from mmcl.config import TUXPAINT_CLASSES, TUXPAINT_LANGUAGES, build_config
 from mmcl.data import DataError, PreparedData, TuxPaint, prepare, split_samples
+from mmcl.data import media
 from mmcl.data import tuxpaint as tp
 
 REAL_ROOT = Path("/usr/share/tuxpaint/stamps")
@@ -135,18 +136,18 @@ def test_discovery_cap_languages_and_errors(fake_stamps, tmp_path):
 def test_decoders(fake_stamps):
     root, _ = fake_stamps
     png = root / "animals/mammals/animals_mammals_0.png"
-    img = tp.decode_png(str(png))
+    img = media.decode_png(str(png))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert (img[0, 0] == 255).all()  # transparent corner composited on white
     assert img[img.shape[0] // 2, img.shape[1] // 2].max() < 255  # the shape's colour
     for k in (1, 2):  # palette and grey+alpha PNGs convert too
-        assert tp.decode_png(str(root / f"animals/mammals/animals_mammals_{k}.png")).shape[2] == 3
+        assert media.decode_png(str(root / f"animals/mammals/animals_mammals_{k}.png")).shape[2] == 3
     ogg = root / "animals/mammals/animals_mammals_1_desc_fr.ogg"  # k=1: a stereo file
-    wave = tp.decode_ogg(str(ogg), 16000)
+    wave = media.decode_ogg(str(ogg), 16000)
     assert wave.dtype == np.float32 and wave.ndim == 1
     assert abs(len(wave) - int((0.5 + 0.01) * 16000)) < 400  # resampled 44.1 kHz -> 16 kHz
     assert 0.1 < np.abs(wave).max() < 1.0
-    assert len(tp.decode_ogg(str(ogg), 16000, max_seconds=0.25)) == 4000
+    assert len(media.decode_ogg(str(ogg), 16000, max_seconds=0.25)) == 4000
 
 
 def test_corrupt_files_name_the_file(fake_stamps, tmp_path):
@@ -155,11 +156,11 @@ def test_corrupt_files_name_the_file(fake_stamps, tmp_path):
     bad_png = root / "clothes/clothes_3.png"
     bad_png.write_bytes(bad_png.read_bytes()[:60])  # truncated
     with pytest.raises(DataError, match=f"{bad_png}.*reinstall"):
-        tp.decode_png(str(bad_png))
+        media.decode_png(str(bad_png))
     bad_ogg = root / "clothes/clothes_4_desc_ru.ogg"
     bad_ogg.write_bytes(b"OggS" + b"\x00 not vorbis " * 30)  # a broken page
     with pytest.raises(DataError, match=str(bad_ogg)):
-        tp.decode_ogg(str(bad_ogg), 16000)
+        media.decode_ogg(str(bad_ogg), 16000)
     # through prepare, with the decoding pool: the worker's error reaches the caller
     cfg = make_cfg(root, tmp_path / "cache", classes=["clothes"], modalities=["speech"])
     with pytest.raises(DataError, match=str(bad_ogg)):
@@ -345,8 +346,8 @@ def test_real_stamps_counts(tmp_path):
     splits = split_samples(records, cfg.data.split, seed=0)
     assert sum(len(v) for v in splits.values()) == 2190
     # one real file of each kind decodes
-    assert tp.decode_png(str(REAL_ROOT / sources["image"][0])).shape[2] == 3
-    assert tp.decode_ogg(str(REAL_ROOT / sources["speech"][0]), 16000).size > 1000
+    assert media.decode_png(str(REAL_ROOT / sources["image"][0])).shape[2] == 3
+    assert media.decode_ogg(str(REAL_ROOT / sources["speech"][0]), 16000).size > 1000
 
 
 def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ from mmcl.data.errors import DataError
 from mmcl.data.prepared import cache_folder, prepare
 from mmcl.data.prepared_data import PreparedData
 from mmcl.data import ave, kinetics_sounds, manifest, samsemo, tuxpaint, uestc_mmea  # noqa: F401  (registers)
-from mmcl.data.tuxpaint import TuxPaint, split_samples
+from mmcl.data.splitting import split_samples
+from mmcl.data.tuxpaint import TuxPaint
 
 __all__ = ["DataError", "PreparedData", "TuxPaint", "cache_folder", "prepare", "split_samples",
            "to_device"]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from mmcl.data.clips import ClipDataset
-from mmcl.data.prepared import DataError
+from mmcl.data.errors import DataError
 from mmcl.encoders._weights import file_stamp
 from mmcl.registry import register_dataset
 
