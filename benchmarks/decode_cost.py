@@ -18,8 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mmcl.data.media import decode_video
-from mmcl.data.tuxpaint import decode_ogg
+from mmcl.data.media import decode_ogg, decode_video
 
 
 def write_clip(path: str, seconds: float, width: int, height: int, fps: int) -> None:

@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from mmcl import registry  # noqa: E402
 from mmcl.config import build_config  # noqa: E402
-from mmcl.data.prepared import PreparedData  # noqa: E402
+from mmcl.data.batches import to_device  # noqa: E402
+from mmcl.data.prepared_data import PreparedData  # noqa: E402
 from mmcl.encoders.base import masked_mean  # noqa: E402
-from mmcl.methods.base import to_device  # noqa: E402
 from mmcl.model.mmencoder import MMModel, length_chunks  # noqa: E402
 from mmcl.scenarios import build_scenario  # noqa: E402
 

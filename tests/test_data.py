@@ -11,7 +11,7 @@ import torch
 
 from conftest import FAKE_CLASSES, LANGUAGES, make_stamp_tree
 from mmcl.config import build_config
-from mmcl.data import DataError, PreparedData, TuxPaint, prepare, split_samples
+from mmcl.data import DataError, PreparedData, TuxPaint, media, prepare, split_samples
 from mmcl.data import tuxpaint as tp
 from mmcl.data.tuxpaint import TUXPAINT_LANGUAGES
 from mmcl.settings import TUXPAINT_CLASSES
@@ -138,18 +138,18 @@ def test_discovery_cap_languages_and_errors(fake_stamps, tmp_path):
 def test_decoders(fake_stamps):
     root, _ = fake_stamps
     png = root / "animals/mammals/animals_mammals_0.png"
-    img = tp.decode_png(str(png))
+    img = media.decode_png(str(png))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert (img[0, 0] == 255).all()  # transparent corner composited on white
     assert img[img.shape[0] // 2, img.shape[1] // 2].max() < 255  # the shape's colour
     for k in (1, 2):  # palette and grey+alpha PNGs convert too
-        assert tp.decode_png(str(root / f"animals/mammals/animals_mammals_{k}.png")).shape[2] == 3
+        assert media.decode_png(str(root / f"animals/mammals/animals_mammals_{k}.png")).shape[2] == 3
     ogg = root / "animals/mammals/animals_mammals_1_desc_fr.ogg"  # k=1: a stereo file
-    wave = tp.decode_ogg(str(ogg), 16000)
+    wave = media.decode_ogg(str(ogg), 16000)
     assert wave.dtype == np.float32 and wave.ndim == 1
     assert abs(len(wave) - int((0.5 + 0.01) * 16000)) < 400  # resampled 44.1 kHz -> 16 kHz
     assert 0.1 < np.abs(wave).max() < 1.0
-    assert len(tp.decode_ogg(str(ogg), 16000, max_seconds=0.25)) == 4000
+    assert len(media.decode_ogg(str(ogg), 16000, max_seconds=0.25)) == 4000
 
 
 def test_corrupt_files_name_the_file(fake_stamps, tmp_path):
@@ -158,11 +158,11 @@ def test_corrupt_files_name_the_file(fake_stamps, tmp_path):
     bad_png = root / "clothes/clothes_3.png"
     bad_png.write_bytes(bad_png.read_bytes()[:60])  # truncated
     with pytest.raises(DataError, match=f"{bad_png}.*reinstall"):
-        tp.decode_png(str(bad_png))
+        media.decode_png(str(bad_png))
     bad_ogg = root / "clothes/clothes_4_desc_ru.ogg"
     bad_ogg.write_bytes(b"OggS" + b"\x00 not vorbis " * 30)  # a broken page
     with pytest.raises(DataError, match=str(bad_ogg)):
-        tp.decode_ogg(str(bad_ogg), 16000)
+        media.decode_ogg(str(bad_ogg), 16000)
     # through prepare, with the decoding pool: the worker's error reaches the caller
     cfg = make_cfg(root, tmp_path / "cache", classes=["clothes"], modalities=["speech"])
     with pytest.raises(DataError, match=str(bad_ogg)):
@@ -348,14 +348,14 @@ def test_real_stamps_counts(tmp_path):
     splits = split_samples(records, cfg.data.split, seed=0)
     assert sum(len(v) for v in splits.values()) == 2190
     # one real file of each kind decodes
-    assert tp.decode_png(str(REAL_ROOT / sources["image"][0])).shape[2] == 3
-    assert tp.decode_ogg(str(REAL_ROOT / sources["speech"][0]), 16000).size > 1000
+    assert media.decode_png(str(REAL_ROOT / sources["image"][0])).shape[2] == 3
+    assert media.decode_ogg(str(REAL_ROOT / sources["speech"][0]), 16000).size > 1000
 
 
 def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    from mmcl.data.prepared import _load_tensors
+    from mmcl.data.cache import load_tensors
     maps, memmap = [], np.memmap
 
     def recorded(*a, **k):
@@ -366,7 +366,7 @@ def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkey
          "ids": torch.arange(4), "pixels": torch.randint(0, 255, (2, 3, 4), dtype=torch.uint8)}
     path = tmp_path / "x.safetensors"
     save_file(t, str(path))
-    got, ref = _load_tensors(path), load_file(str(path))
+    got, ref = load_tensors(path), load_file(str(path))
     for k in t:
         assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k])
     # served from maps of the file (paged in by the OS), not read whole
@@ -375,7 +375,7 @@ def test_cache_files_are_memory_mapped_and_equal_to_safetensors(tmp_path, monkey
     assert torch.equal(load_file(str(path))["tokens"], t["tokens"])
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match=f"cannot read cached file {path}.*prepare again"):
-        _load_tensors(path)
+        load_tensors(path)
 
 
 def test_tuxpaint_root_from_option_env_or_prepare_root(fake_stamps, tmp_path, monkeypatch, capsys):
@@ -393,3 +393,27 @@ def test_tuxpaint_root_from_option_env_or_prepare_root(fake_stamps, tmp_path, mo
     monkeypatch.setenv("MMCL_TUXPAINT_ROOT", str(tmp_path / "elsewhere"))  # the variable wins over it
     assert TuxPaint(cfg.data).root == tmp_path / "elsewhere"
     assert TuxPaint(make_cfg(root, tmp_path / "cache").data).root == root  # and data.root over both
+
+
+def test_to_device_is_the_methods_one_batch_mover():
+    """mmcl.data.to_device: nested dicts followed, None masks and other values kept, tensors
+    moved non-blocking by default; the methods use this very function."""
+    from mmcl.data import to_device
+    from mmcl.methods import base, prompting
+
+    calls = []
+
+    class Recorded(torch.Tensor):
+        def to(self, *a, **k):
+            calls.append(k.get("non_blocking"))
+            return super().to(*a, **k)
+
+    t = torch.arange(4.0).as_subclass(Recorded)
+    batch = {"image": {"tokens": t, "mask": None}, "label": t, "name": "x", "n": 3}
+    out = to_device(batch, "cpu")
+    assert out.keys() == batch.keys() and out["image"].keys() == {"tokens", "mask"}
+    assert out["image"]["mask"] is None and out["name"] == "x" and out["n"] == 3
+    assert torch.equal(out["label"], torch.arange(4.0)) and calls == [True, True]
+    to_device(batch, "cpu", non_blocking=False)
+    assert calls[2:] == [False, False]
+    assert base.to_device is to_device and prompting.to_device is to_device

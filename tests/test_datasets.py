@@ -16,8 +16,9 @@ import mmcl
 from mmcl.cli import main as cli_main
 from mmcl.config import build_config
 from mmcl.data.clips import shipped_split
+from mmcl.data.errors import DataError
 from mmcl.data.media import decode_video, frame_positions, median_filter
-from mmcl.data.prepared import DataError, prepare
+from mmcl.data.prepared import prepare
 from mmcl.data.uestc_mmea import decode_uestc_imu
 from mmcl.encoders import build_encoder
 
@@ -366,6 +367,7 @@ def torch_equal(a, b):
 
 def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch):
     import mmcl.data.clips as clips
+    import mmcl.data.pipeline as pipeline
     import mmcl.data.prepared as prep
     written = ave_tree(tmp_path / "AVE_Dataset")
     have = {v for v, _, _ in written}
@@ -376,15 +378,15 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
                           "scenario.num_tasks": 2, "data.on_missing": "skip"})
     cfg = build_config("ave", o)
     encoders = {m: build_encoder(m, cfg) for m in cfg.data.modalities}
-    monkeypatch.setattr(prep, "SHARD_ROWS", 4)
-    decoded, real, interrupt = [], clips._decode_clip, [True]
+    monkeypatch.setattr(pipeline, "SHARD_ROWS", 4)
+    decoded, real, interrupt = [], clips.decode_clip, [True]
 
     def counting(source, *a, **k):
         decoded.append(source)
         if len(decoded) == 10 and interrupt and interrupt.pop():
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third part (once)
         return real(source, *a, **k)
-    monkeypatch.setattr(clips, "_decode_clip", counting)
+    monkeypatch.setattr(clips, "decode_clip", counting)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, encoders, progress=False, workers=1, chunk_size=2)
     folder = prep.cache_folder(cfg, encoders)
@@ -395,7 +397,7 @@ def test_interrupted_preparation_resumes_from_saved_parts(tmp_path, monkeypatch)
     assert len(decoded) == 4  # only the third part is decoded again
     assert not (folder / "parts").exists()  # merged, then removed
     assert kept_ids(data) == sorted(have - {rows[5]["video_id"]})  # the bad file's list survived the resume
-    monkeypatch.setattr(clips, "_decode_clip", real)
+    monkeypatch.setattr(clips, "decode_clip", real)
     _, whole = prepared("ave", {**o, "data.cache_dir": str(tmp_path / "fresh")})
     for k, v in whole.tensors["video"].items():  # resumed == prepared in one go
         assert torch_equal(v, data.tensors["video"][k])

@@ -15,7 +15,7 @@ import torch
 from conftest import make_stamp_tree
 from mmcl.cli import main
 from mmcl.config import ConfigError, build_config
-from mmcl.data import DataError, TuxPaint
+from mmcl.data import DataError, TuxPaint, media
 from mmcl.data import tuxpaint as tp
 from mmcl.encoders import build_encoder
 from mmcl.scenarios import ScenarioError, build_scenario
@@ -113,7 +113,7 @@ def test_empty_audio(stamps, tmp_path, capsys):
     silent = tmp_path / "no_samples.ogg"
     sf.write(str(silent), np.zeros(0, np.float32), 44100, format="OGG", subtype="VORBIS")
     with pytest.raises(DataError, match=f"{silent} is empty: it decodes to no samples.*reinstall"):
-        tp.decode_ogg(str(silent), 16000)
+        media.decode_ogg(str(silent), 16000)
 
 
 # -- missing modality file ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from PIL import Image
 
 import mmcl
 from mmcl.config import build_config
-from mmcl.data.prepared import DataError
+from mmcl.data.errors import DataError
 from mmcl.engine import Experiment
 
 CLASSES = ["cat", "dog", "owl", "fox"]

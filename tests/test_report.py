@@ -1,10 +1,15 @@
 """Report writing: figures are valid PNGs, md/html carry the metrics and definitions."""
+import errno
 import html
 import json
+import os
+import stat
 
 import pytest
 from PIL import Image
 
+import mmcl.io
+from mmcl.io import WriteError
 from mmcl.metrics import DEFINITIONS, summarize
 from mmcl.report import format_metrics_table, write_report
 
@@ -100,6 +105,32 @@ def test_write_report_overwrites(tmp_path):
     res["name"] = "renamed-run"
     _write(tmp_path, res)
     assert "renamed-run" in (tmp_path / "report.md").read_text()
+
+
+def test_report_files_get_the_mode_open_gives(tmp_path, monkeypatch):
+    """Written through mmcl.io: 0o666 & ~umask, as open() gives (the report used to force 0o644)."""
+    monkeypatch.setattr(mmcl.io, "_UMASK", 0o002)  # the umask as mmcl.io read it at import
+    written = _write(tmp_path, _results())
+    assert {p.name for p in written} >= {"report.md", "report.html", "accuracy_matrix.png"}
+    for p in written:
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o664, p.name
+
+
+def test_report_write_failure_keeps_the_old_report(tmp_path, monkeypatch):
+    """Disk full while rewriting a report: WriteError names the file, the old files stay whole."""
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    written = _write(tmp_path, _results())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(os, "fsync", disk_full)  # the disk fills up as the first file is flushed
+    res = _results()
+    res["name"] = "renamed-run"
+    with pytest.raises(WriteError, match=rf"cannot write {tmp_path}/\S+: no space left on device") as e:
+        _write(tmp_path, res)
+    assert any(str(p) in str(e.value) for p in written)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "results.json"}
+    assert after == {k: v for k, v in before.items() if k != "results.json"}  # no temporary file either
 
 
 def test_single_task_and_missing_optional_fields(tmp_path):

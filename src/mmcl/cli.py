@@ -144,8 +144,8 @@ def _dispatch(args) -> int:
         overrides.append(f"data.root={args.root}")
     cfg = build_config(args.preset, overrides)
     if args.command == "prepare":
-        from mmcl.data.clips import remember_root
         from mmcl.data.prepared import prepare
+        from mmcl.data.roots import remember_root
         from mmcl.encoders import build_encoder
         data = prepare(cfg, {m: build_encoder(m, cfg) for m in cfg.data.modalities},
                        progress=sys.stderr.isatty(), workers=args.workers)

@@ -19,11 +19,12 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+if TYPE_CHECKING:  # torch and safetensors are imported where tensors are saved or loaded:
+    import torch  # writing a report or a JSON file does not need them
 
 log = logging.getLogger("mmcl")
 
@@ -72,19 +73,19 @@ def _write_file(f, data: bytes) -> None:
     f.write(data)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``: readers
-    see the old file or the new one, never a partial one. A failed write (disk full) raises
-    WriteError and leaves the old file as it was."""
+def _atomic_replace(path: str | Path, fill: Callable[[str], None]) -> Path:
+    """The atomic writers' common core: ``fill(tmp)`` writes the whole new content to ``tmp``
+    (an empty temporary file in the same folder) and makes it durable (fsync); ``tmp`` then
+    gets the mode open() would give (0o666 & ~umask; mkstemp makes 0600) and is renamed over
+    ``path``. A failed write (disk full) raises WriteError naming ``path`` and the cause, and
+    leaves the old file as it was; no temporary file is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            _write_file(f, data)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode open() would
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
@@ -96,6 +97,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
+    """Write a file through ``write(f)`` (``f`` opened with ``mode``: "wb", or "w" for UTF-8
+    text) atomically: to a temporary file in the same folder, fsync, then rename over
+    ``path``. Readers see the old file or the new one, never a partial one; the file gets the
+    permissions an ordinary open() gives (0o666 & ~umask). A failed write (disk full) raises
+    WriteError and leaves the old file as it was. Returns ``path``."""
+    def fill(tmp: str) -> None:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    return _atomic_replace(path, fill)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``data`` as the whole content of ``path``, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: _write_file(f, data), "wb")
 
 
 def _unlink_quietly(path) -> None:
@@ -109,12 +130,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file of ``tensors`` (made contiguous), atomically (see atomic_write).
+    safetensors writes the file itself: the tensors are not copied into one bytes object
+    first (the data cache holds files of many GB)."""
+    import safetensors.torch
+
+    def fill(tmp: str) -> None:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _atomic_replace(path, fill)
+
+
 def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, json_bytes(obj))
+def write_json(path: str | Path, obj, compact: bool = False) -> None:
+    """``obj`` as JSON, atomically: indented with a final newline (run folders, checkpoints),
+    or with ``compact`` on one line as ``json.dumps`` writes it (the data cache's files)."""
+    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False).encode("utf-8") if compact
+                       else json_bytes(obj))
 
 
 def write_jsonl(path: str | Path, records: list) -> None:
@@ -137,6 +177,7 @@ def sha256(data: bytes) -> str:
 
 # -- single checkpoints -------------------------------------------------------------------------
 def _tensor_blob(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save as st_save
     # clone: safetensors refuses tensors that share storage (views of one buffer)
     return st_save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
 
@@ -189,6 +230,7 @@ def _parse_meta(meta_bytes: bytes, where) -> dict:
 
 def parse_checkpoint(meta_bytes: bytes, blob: bytes, where="checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
     """Verified bytes -> (tensors, meta). Pickle-free: safetensors and JSON only."""
+    from safetensors.torch import load as st_load
     meta = _parse_meta(meta_bytes, where)
     try:
         tensors = st_load(blob)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,22 +113,11 @@ def format_metrics_table(results: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Write through ``write(file)`` into a temporary file next to ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write through ``write(file)`` atomically (mmcl.io.atomic_write): the file gets the
+    permissions open() gives (0o666 & ~umask); a failed write raises WriteError naming the
+    file and keeps its previous version."""
+    from .io import atomic_write
+    return atomic_write(path, write, mode)
 
 
 def _save_figure(fig: Any, path: Path) -> Path:

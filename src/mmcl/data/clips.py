@@ -15,7 +15,6 @@ import difflib
 import functools
 import gzip
 import io
-import json
 import logging
 import os
 import re
@@ -23,39 +22,13 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from mmcl.data.media import decode_frame_folder, decode_video
-from mmcl.data.prepared import DataError
-from mmcl.data.tuxpaint import decode_ogg
+from mmcl.data.errors import DataError
+from mmcl.data.media import decode_clip, decode_ogg
+from mmcl.data.roots import dataset_root
+from mmcl.data.splitting import split_samples
 from mmcl.settings import MODALITY_TYPES
 
 log = logging.getLogger(__name__)
-
-ROOTS_FILE = "roots.json"  # in data.cache_dir: the root each data set was prepared from
-
-
-def _roots(cache_dir: str) -> dict:
-    """{data set: root} recorded by ``mmcl prepare --root`` ({} when none or unreadable)."""
-    try:
-        roots = json.loads((Path(os.path.expanduser(cache_dir)) / ROOTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return roots if isinstance(roots, dict) else {}
-
-
-def dataset_root(data, dataset: str, env: str) -> str:
-    """data.root, else $env, else the folder last given to ``mmcl prepare <dataset> --root``;
-    "" when none is set."""
-    return data.root or os.environ.get(env, "") or str(_roots(data.cache_dir).get(dataset, ""))
-
-
-def remember_root(cache_dir: str, dataset: str, root: str) -> None:
-    """``mmcl prepare <preset> --root DIR`` records DIR, so ``mmcl run <preset>`` finds it."""
-    from mmcl.data.prepared import _atomic_write_json
-    folder = Path(os.path.expanduser(cache_dir))
-    folder.mkdir(parents=True, exist_ok=True)
-    roots = _roots(cache_dir)
-    roots[dataset] = str(Path(os.path.expanduser(root)).resolve())
-    _atomic_write_json(folder / ROOTS_FILE, roots)
 
 
 def shipped_split(name: str) -> list[dict]:
@@ -70,8 +43,6 @@ def listed_or_seeded_split(records: list[dict], fractions, seed: int):
     """Samples whose record names a split (the release's lists) keep it; the others (e.g. a
     language without a list) are split by the seed, stratified by class, groups kept together."""
     import numpy as np
-
-    from mmcl.data.tuxpaint import split_samples
     listed = [r for r in records if r.get("split")]
     rest = [r for r in records if not r.get("split")]
     out = {s: [r["index"] for r in listed if r["split"] == s] for s in ("train", "val", "test")}
@@ -198,7 +169,7 @@ class ClipDataset:
                             f"{', '.join(self.modalities)}); fix data.modalities")
         kind = MODALITY_TYPES[modality]
         if kind == "video":
-            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=self.hints(),
+            return functools.partial(decode_clip, frames=self.data.video_frames, hints=self.hints(),
                                      pattern=self.FRAME_PATTERN)
         if kind == "audio":
             return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
@@ -209,13 +180,6 @@ class ClipDataset:
 
     def sensor_decoder(self, modality: str) -> Callable:
         raise NotImplementedError
-
-
-def _decode_clip(source: str, frames: int, hints, pattern: str = ""):
-    """A video file, or a folder of extracted frames."""
-    if os.path.isdir(source):
-        return decode_frame_folder(source, frames, hints, pattern)
-    return decode_video(source, frames, hints)
 
 
 def _video_lookup(folders: list[Path], kinetics_names: bool = False) -> dict[str, str]:

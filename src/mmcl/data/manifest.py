@@ -31,9 +31,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from mmcl.data.prepared import DataError
-from mmcl.data.tuxpaint import decode_ogg, decode_png, split_samples
-from mmcl.encoders._weights import file_stamp
+from mmcl.data.errors import DataError
+from mmcl.data.media import decode_clip, decode_ogg, decode_png, decode_sensor_table
+from mmcl.data.splitting import split_samples
+from mmcl.encoders.weights import file_stamp
 from mmcl.registry import register_dataset
 from mmcl.settings import MODALITY_TYPES
 
@@ -176,8 +177,6 @@ class Manifest:
         return records, sources
 
     def decoder(self, modality: str) -> Callable | None:
-        from mmcl.data.clips import _decode_clip
-        from mmcl.data.media import decode_sensor_table
         kind = MODALITY_TYPES.get(modality)
         if kind == "image":
             return functools.partial(decode_png, hints=HINTS)
@@ -185,7 +184,7 @@ class Manifest:
             return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
                                      max_seconds=self.data.max_speech_seconds, hints=HINTS)
         if kind == "video":
-            return functools.partial(_decode_clip, frames=self.data.video_frames, hints=HINTS)
+            return functools.partial(decode_clip, frames=self.data.video_frames, hints=HINTS)
         if kind == "sensor":
             return functools.partial(decode_sensor_table, hints=HINTS)
         if kind == "text":

@@ -1,9 +1,11 @@
-"""Decoding of video clips and inertial-sensor recordings (module-level functions: picklable for
-the preparation pool). Images and audio: ``decode_png`` / ``decode_ogg`` in mmcl.data.tuxpaint
-(PyAV reads the audio track of a video file too).
+"""Decoding of the data sets' files (module-level functions: picklable for the preparation pool,
+patchable in tests): images (``decode_png``), audio (``decode_ogg``; PyAV reads the audio track
+of a video file too), video clips (``decode_clip``: a video file or a folder of frames) and
+inertial-sensor recordings.
 
 Every failure is a DataError naming the file (``file_problem``), so preparation can stop with
-the path, or (``data.on_missing=skip``) leave the sample out and count it.
+the path, or (``data.on_missing=skip``) leave the sample out and count it. ``hints`` = (what to
+do about a missing file, about a corrupt one), the data set's own advice.
 """
 from __future__ import annotations
 
@@ -12,10 +14,81 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcl.data.prepared import DataError
-from mmcl.data.tuxpaint import file_problem
+from mmcl.data.errors import DataError
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# The advice when a caller gives no hints: the Tux Paint stamps' (whose decoders these were first).
+REINSTALL_HINT = ("The file is corrupt or unreadable: reinstall the stamps "
+                  "(`sudo apt-get install --reinstall tuxpaint-stamps-default`), or delete this "
+                  "stamp's files to leave it out.")
+MISSING_HINT = ("Restore it (`sudo apt-get install --reinstall tuxpaint-stamps-default`), or remove "
+                "the whole stamp (its NAME.png, NAME.txt and NAME_desc_*.ogg files) to leave it out.")
+
+
+def file_problem(path: str, kind: str, error: BaseException, hints: tuple[str, str] | None = None) -> DataError:
+    """A DataError for a file that could not be read: missing (or a broken link), empty,
+    unreadable or corrupt, each with what to do (``hints``: (missing, corrupt) advice; default
+    MISSING_HINT and REINSTALL_HINT, the Tux Paint ones)."""
+    missing_hint, corrupt_hint = hints or (MISSING_HINT, REINSTALL_HINT)
+    if not os.path.exists(path):
+        link = f" (a broken symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+        return DataError(f"{kind} file {path} is missing{link}. {missing_hint}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return DataError(f"{kind} file {path} is empty (0 bytes). {corrupt_hint}")
+    if not os.access(path, os.R_OK):
+        return DataError(f"cannot read {kind} file {path}: permission denied. Make it readable "
+                         "(chmod a+r), or copy the stamps to a folder you can read and set data.root.")
+    return DataError(f"cannot decode {kind} {path}: {error}. {corrupt_hint}")
+
+
+def decode_png(path: str, hints: tuple[str, str] | None = None) -> np.ndarray:
+    """PNG (any format Pillow reads) -> HxWx3 uint8 RGB, transparency composited on white
+    (stamps are drawn on paper)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.load()  # Pillow is lazy: force the decode here so truncation errors surface
+            rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
+        raise file_problem(path, "image", e, hints) from e
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0,
+               hints: tuple[str, str] | None = None) -> np.ndarray:
+    """Audio file -> mono float32 waveform at sample_rate, cut to max_seconds (0: no cut)."""
+    import av
+    limit = int(round(max_seconds * sample_rate)) if max_seconds > 0 else None
+    pieces, have = [], 0
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+                    have += pieces[-1].size
+                if limit is not None and have >= limit:
+                    break  # enough audio: skip decoding the rest
+            else:
+                for out in resampler.resample(None):  # flush the resampler's tail
+                    pieces.append(out.to_ndarray().reshape(-1))
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
+        raise file_problem(path, "audio", e, hints) from e
+    corrupt_hint = (hints or (MISSING_HINT, REINSTALL_HINT))[1]
+    wave = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise DataError(f"audio file {path} is empty: it decodes to no samples. {corrupt_hint}")
+    if not np.isfinite(wave).all():
+        raise DataError(f"audio file {path} decodes to non-finite samples (NaN or inf). {corrupt_hint}")
+    return wave[:limit] if limit is not None else wave
+
+
 
 
 def frame_positions(n: int, frames: int) -> np.ndarray:
@@ -91,6 +164,14 @@ def decode_frame_folder(path: str, frames: int, hints: tuple[str, str] | None = 
     if len({a.shape for a in out}) > 1:
         raise DataError(f"frame folder {path}: frames differ in size ({sorted({a.shape for a in out})})")
     return np.stack(out)
+
+
+def decode_clip(source: str, frames: int, hints, pattern: str = "") -> np.ndarray:
+    """A video file (``decode_video``), or a folder of extracted frames (``decode_frame_folder``,
+    only the image names holding ``pattern``) -> (frames, H, W, 3) uint8 RGB."""
+    if os.path.isdir(source):
+        return decode_frame_folder(source, frames, hints, pattern)
+    return decode_video(source, frames, hints)
 
 
 def _natural(name: str):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcl.data.clips import ClipDataset
-from mmcl.data.prepared import DataError
-from mmcl.encoders._weights import file_stamp
+from mmcl.data.errors import DataError
+from mmcl.encoders.weights import file_stamp
 from mmcl.registry import register_dataset
 from mmcl.settings import setting
 

@@ -16,94 +16,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import zlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from mmcl.data.prepared import DataError
+from mmcl.data.errors import DataError
+from mmcl.data.media import REINSTALL_HINT, decode_ogg, decode_png, file_problem
+from mmcl.data.roots import dataset_root
+from mmcl.data.splitting import split_samples
 from mmcl.registry import register_dataset
 from mmcl.settings import check_names, setting
 
 log = logging.getLogger(__name__)
 
+TUXPAINT_LANGUAGES = ["fr", "ru", "ro", "ca", "bg", "es"]
+
 INSTALL_HINT = ("Install them with `sudo apt-get install tuxpaint-stamps-default` (Debian/Ubuntu), "
                 "or point data.root (or the environment variable MMCL_TUXPAINT_ROOT) at a copy of "
                 "Tux Paint's stamps/ folder.")
-REINSTALL_HINT = ("The file is corrupt or unreadable: reinstall the stamps "
-                  "(`sudo apt-get install --reinstall tuxpaint-stamps-default`), or delete this "
-                  "stamp's files to leave it out.")
-MISSING_HINT = ("Restore it (`sudo apt-get install --reinstall tuxpaint-stamps-default`), or remove "
-                "the whole stamp (its NAME.png, NAME.txt and NAME_desc_*.ogg files) to leave it out.")
-SPLIT_NAMES = ("train", "val", "test")
-TUXPAINT_LANGUAGES = ["fr", "ru", "ro", "ca", "bg", "es"]
-
-
-def file_problem(path: str, kind: str, error: BaseException, hints: tuple[str, str] | None = None) -> DataError:
-    """A DataError for a file that could not be read: missing (or a broken link), empty,
-    unreadable or corrupt, each with what to do (``hints``: (missing, corrupt) advice; default
-    the Tux Paint ones)."""
-    missing_hint, corrupt_hint = hints or (MISSING_HINT, REINSTALL_HINT)
-    if not os.path.exists(path):
-        link = f" (a broken symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
-        return DataError(f"{kind} file {path} is missing{link}. {missing_hint}")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return DataError(f"{kind} file {path} is empty (0 bytes). {corrupt_hint}")
-    if not os.access(path, os.R_OK):
-        return DataError(f"cannot read {kind} file {path}: permission denied. Make it readable "
-                         "(chmod a+r), or copy the stamps to a folder you can read and set data.root.")
-    return DataError(f"cannot decode {kind} {path}: {error}. {corrupt_hint}")
-
-
-# -- decoding (module-level functions: picklable for a process pool, patchable in tests) -------
-def decode_png(path: str, hints: tuple[str, str] | None = None) -> np.ndarray:
-    """PNG (any format Pillow reads) -> HxWx3 uint8 RGB, transparency composited on white
-    (stamps are drawn on paper)."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.load()  # Pillow is lazy: force the decode here so truncation errors surface
-            rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(white, rgba).convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
-        raise file_problem(path, "image", e, hints) from e
-    return np.asarray(rgb, dtype=np.uint8).copy()
-
-
-def decode_ogg(path: str, sample_rate: int, max_seconds: float = 0.0,
-               hints: tuple[str, str] | None = None) -> np.ndarray:
-    """Audio file -> mono float32 waveform at sample_rate, cut to max_seconds (0: no cut)."""
-    import av
-    limit = int(round(max_seconds * sample_rate)) if max_seconds > 0 else None
-    pieces, have = [], 0
-    try:
-        with av.open(path) as container:
-            if not container.streams.audio:
-                raise ValueError("no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1))
-                    have += pieces[-1].size
-                if limit is not None and have >= limit:
-                    break  # enough audio: skip decoding the rest
-            else:
-                for out in resampler.resample(None):  # flush the resampler's tail
-                    pieces.append(out.to_ndarray().reshape(-1))
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
-        raise file_problem(path, "audio", e, hints) from e
-    corrupt_hint = (hints or (MISSING_HINT, REINSTALL_HINT))[1]
-    wave = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
-    if wave.size == 0:
-        raise DataError(f"audio file {path} is empty: it decodes to no samples. {corrupt_hint}")
-    if not np.isfinite(wave).all():
-        raise DataError(f"audio file {path} decodes to non-finite samples (NaN or inf). {corrupt_hint}")
-    return wave[:limit] if limit is not None else wave
+# This data set's advice for a missing and a corrupt file is the decoders' default
+# (mmcl.data.media.MISSING_HINT, REINSTALL_HINT).
 
 
 def read_descriptions(path: str) -> tuple[str, dict[str, str]]:
@@ -123,50 +56,6 @@ def read_descriptions(path: str) -> tuple[str, dict[str, str]]:
             lang = key.strip()[: -len(".utf8")]
             texts.setdefault(lang, value.strip())  # first occurrence wins, as in Tux Paint
     return english, texts
-
-
-# -- splits ---------------------------------------------------------------------------------------
-def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """Stamps per split for a class of n: largest remainder, then at least one stamp in every
-    split with a positive fraction when n allows (a class absent from val/test can't be scored)."""
-    exact = [f * n for f in fractions]
-    counts = [int(np.floor(x)) for x in exact]
-    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: n - sum(counts)]:
-        counts[i] += 1
-    wanted = [i for i, f in enumerate(fractions) if f > 0]
-    if n >= len(wanted):
-        for i in wanted:
-            if counts[i] == 0:
-                counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
-                counts[i] = 1
-    return counts
-
-
-def split_samples(records: list[dict], fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
-    """Split sample indices into train/val/test by stamp, stratified per class.
-
-    A stamp's samples (its languages) all go to one split, so no image is seen in training
-    and tested. Each class is shuffled with its own generator seeded by (seed, class name):
-    a class's split does not change when other classes are added or removed.
-    """
-    if len(fractions) != 3:
-        raise ValueError(f"split fractions must be three (train, val, test), got {list(fractions)}")
-    stamps_by_class: dict[str, set] = defaultdict(set)
-    samples_by_stamp: dict[str, list[int]] = defaultdict(list)
-    for r in records:
-        stamps_by_class[r["class_name"]].add(r["stamp"])
-        samples_by_stamp[r["stamp"]].append(r["index"])
-    out: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
-    for cls in sorted(stamps_by_class):
-        stamps = sorted(stamps_by_class[cls])
-        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])
-        order = [stamps[i] for i in rng.permutation(len(stamps))]
-        start = 0
-        for name, count in zip(SPLIT_NAMES, _split_counts(len(stamps), fractions)):
-            for stamp in order[start:start + count]:
-                out[name].extend(samples_by_stamp[stamp])
-            start += count
-    return {name: np.array(sorted(idx), dtype=np.int64) for name, idx in out.items()}
 
 
 # -- the data set ---------------------------------------------------------------------------------
@@ -195,7 +84,6 @@ class TuxPaint:
     def __init__(self, data):
         self.data = data
         self.section = data.tuxpaint  # this data set's own settings (data.tuxpaint.*)
-        from mmcl.data.clips import dataset_root
         root = dataset_root(data, "tuxpaint", "MMCL_TUXPAINT_ROOT") or "/usr/share/tuxpaint/stamps"
         self.root = Path(os.path.expanduser(root))
         self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
@@ -341,6 +229,7 @@ class TuxPaint:
 
 
 def _decode_under(modality: str, root: str, rel: str, **kw):
-    # The decoder is looked up at call time (not bound in the partial) so tests can patch it.
+    # The decoder is looked up at call time (not bound in the partial) so tests can patch it
+    # here (mmcl.data.tuxpaint.decode_png / decode_ogg).
     fn = decode_png if modality == "image" else decode_ogg
     return fn(os.path.join(root, rel), **kw)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from mmcl.data.clips import ClipDataset
+from mmcl.data.errors import DataError
 from mmcl.data.media import median_filter, read_numeric_table
-from mmcl.data.prepared import DataError
-from mmcl.encoders._weights import file_stamp
+from mmcl.encoders.weights import file_stamp
 from mmcl.registry import register_dataset
 
 UESTC_FOLDERS = (

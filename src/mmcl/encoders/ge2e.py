@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, load_error, package_file
 from mmcl.encoders.audio import N_MELS, SAMPLE_RATE, speech_features
 from mmcl.encoders.base import BlockEncoder, split_layers
+from mmcl.encoders.weights import file_stamp, load_error, package_file
 from mmcl.registry import register_encoder
 
 PIP_SPEC = "resemblyzer==0.1.4"

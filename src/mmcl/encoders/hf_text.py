@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, package_file
 from mmcl.encoders.base import BlockEncoder, split_layers
+from mmcl.encoders.weights import file_stamp, package_file
 from mmcl.registry import register_encoder
 from mmcl.settings import ConfigError
 

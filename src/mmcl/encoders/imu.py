@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, load_error
 from mmcl.encoders.base import BlockEncoder, split_layers
+from mmcl.encoders.weights import file_stamp, load_error
 from mmcl.registry import register_encoder
 from mmcl.settings import setting
 

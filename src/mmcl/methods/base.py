@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from mmcl import parallel
-from mmcl.data.prepared import PreparedData
+from mmcl.data.batches import to_device
+from mmcl.data.prepared_data import PreparedData
 from mmcl.distributed import Dist
 from mmcl.model.mmencoder import MMModel, Output
 from mmcl.scenarios import Scenario
@@ -38,14 +39,6 @@ from mmcl.settings import Config
 
 # The config defaults of the methods that run on frozen features only (no cross-modality adapters).
 ADAPTER_FREE = {"model": {"adapters": False}}
-
-
-def to_device(batch, device):
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class Method:

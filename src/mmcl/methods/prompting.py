@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from mmcl import losses
-from mmcl.methods.base import ADAPTER_FREE, Method, to_device
+from mmcl.data.batches import to_device
+from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.settings import setting
 
 # The prompt methods are rehearsal-free and prompt the frozen encoders instead of adapting them.
