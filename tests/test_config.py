@@ -69,4 +69,4 @@ def test_string_keys_stay_strings():
 def test_docs_config_reference_is_current():
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    assert config_reference() in doc, "docs/config.md is stale: regenerate it with `mmcl config --reference`"
+    assert config_reference() in doc, "docs/config.md is stale: regenerate it with `make docs-config`"

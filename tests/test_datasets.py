@@ -24,6 +24,9 @@ from mmcl.encoders import build_encoder
 
 SR = 16000
 
+# Short recordings for the imu encoders of both sensor slots.
+SMALL_IMU = {f"encoders.{m}.imu.{k}": v for m in ("accel", "gyro") for k, v in (("length", 48), ("window", 8))}
+
 
 def write_mp4(path, n_frames=12, level=0, seconds=1.0, audio=True, size=(40, 48)):
     """A real H.264/MPEG-4 clip: frame i is filled with level + 10 i; a tone whose pitch
@@ -58,7 +61,7 @@ def write_mp4(path, n_frames=12, level=0, seconds=1.0, audio=True, size=(40, 48)
 
 def tiny(tmp_path, **extra):
     return {"data.cache_dir": str(tmp_path / "cache"), "data.image_size": 32, "data.video_frames": 4,
-            "data.max_speech_seconds": 0.5, "data.sensor_length": 48, "data.sensor_window": 8,
+            "data.max_speech_seconds": 0.5, **SMALL_IMU,
             "encoders.video.source": "random", "encoders.video.width": 32, "encoders.video.layers": 2,
             "encoders.audio.source": "random", "encoders.audio.width": 32, "encoders.audio.layers": 2,
             "encoders.accel.width": 32, "encoders.accel.layers": 2,

@@ -13,6 +13,9 @@ from mmcl.encoders.audio import normalize_volume
 
 SR = 16000
 
+# Short recordings for the imu encoders of both sensor slots.
+SMALL_IMU = {f"encoders.{m}.imu.{k}": v for m in ("accel", "gyro") for k, v in (("length", 48), ("window", 8))}
+
 
 def make_cfg(**overrides):
     return build_config(overrides=overrides)
@@ -404,7 +407,7 @@ def test_videomae_from_a_folder_blockwise_equals_model_forward(tmp_path):
 
 def test_imu_encoder_windows_and_weight_files(tmp_path):
     cfg = make_cfg(**{"data.modalities": ["accel"], "encoders.accel.width": 32, "encoders.accel.layers": 2,
-                      "data.sensor_length": 48, "data.sensor_window": 8, "model.blocks": 2})
+                      **SMALL_IMU, "model.blocks": 2})
     enc = build_encoder("accel", cfg)
     rng = np.random.default_rng(0)
     inputs = enc.preprocess([rng.normal(size=(30, 3)), rng.normal(size=(100, 3))])
@@ -422,13 +425,13 @@ def test_imu_encoder_windows_and_weight_files(tmp_path):
     sd = {k: v + 0.1 for k, v in enc.state_dict().items()}
     torch.save(sd, tmp_path / "imu.pt")
     fitted = build_encoder("accel", make_cfg(**{**{"data.modalities": ["accel"], "encoders.accel.width": 32,
-                                                   "encoders.accel.layers": 2, "data.sensor_length": 48,
-                                                   "data.sensor_window": 8, "model.blocks": 2},
+                                                   "encoders.accel.layers": 2, "encoders.accel.imu.length": 48,
+                                                   "encoders.accel.imu.window": 8, "model.blocks": 2},
                                                 "encoders.accel.source": str(tmp_path / "imu.pt")}))
     assert not torch.equal(fitted(inputs)[0], tokens) and fitted.identity() != enc.identity()
     with pytest.raises(ValueError, match="cannot load .*width=64"):
         build_encoder("accel", make_cfg(**{"data.modalities": ["accel"],
                                            "encoders.accel.source": str(tmp_path / "imu.pt"),
-                                           "data.sensor_length": 48, "data.sensor_window": 8}))
-    with pytest.raises(ValueError, match="must be a multiple of data.sensor_window=7"):
-        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "data.sensor_window": 7}))
+                                           **SMALL_IMU}))
+    with pytest.raises(ValueError, match=r"length=192 must be a multiple of window=7 \(encoders.<m>.imu.\*\)"):
+        build_encoder("accel", make_cfg(**{"data.modalities": ["accel"], "encoders.accel.imu.window": 7}))

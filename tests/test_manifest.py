@@ -161,8 +161,8 @@ def test_manifest_with_video_and_sensor_columns(tmp_path):
     o = overrides(manifest, tmp_path, **{"data.modalities": ["video", "accel"], "data.video_frames": 3,
                                          "encoders.video.source": "random", "encoders.video.width": 32,
                                          "encoders.video.layers": 2, "encoders.accel.width": 32,
-                                         "encoders.accel.layers": 2, "data.sensor_length": 48,
-                                         "data.sensor_window": 8, "model.blocks": 2})
+                                         "encoders.accel.layers": 2, "encoders.accel.imu.length": 48,
+                                         "encoders.accel.imu.window": 8, "model.blocks": 2})
     results = mmcl.run("manifest", o, run_dir=tmp_path / "run")
     assert [len(t["classes"]) for t in results["tasks"]] == [1, 1]
     exp = Experiment(build_config("manifest", o))

@@ -98,6 +98,7 @@ def test_schema_follows_the_registry(toy_plugin):
     ("data.languages=[fr]", "'data.tuxpaint.languages'"),
     ("data.multi_label=first", "'data.samsemo.multi_label'"),
     ("encoders.accel.fit=first_task", "'encoders.accel.imu.fit'"),
+    ("data.sensor_window=8", "'encoders.accel.imu.window' or 'encoders.gyro.imu.window'"),
 ])
 def test_a_key_of_the_earlier_release_names_its_replacement(old, new):
     with pytest.raises(ConfigError, match=f"was renamed: use {new}".replace(".", r"\.")):
@@ -110,8 +111,10 @@ def test_a_saved_config_of_the_earlier_release_is_migrated():
     old["method"] = {"name": "ewc", "ewc_lambda": 7.0, "ewc_gamma": 1.0, "lwf_alpha": 1.0, "prompt_pull": 0.1}
     old["data"].pop("tuxpaint")
     old["data"]["languages"], old["data"]["max_stamps_per_class"] = ["fr", "es"], 0
-    old["encoders"]["accel"] = {**old["encoders"]["accel"], "fit": "none", "fit_epochs": 10}
-    old["encoders"]["accel"].pop("imu")
+    old["data"]["sensor_length"], old["data"]["sensor_window"] = 192, 24
+    for slot in old["encoders"]:  # every slot had fit keys; the sensor slots' moved to imu.*
+        old["encoders"][slot].update({"fit": "none", "fit_epochs": 10})
+        old["encoders"][slot].pop("imu", None)
     assert to_dict(from_dict(old)) == to_dict(cfg)
 
 

@@ -13,8 +13,9 @@ A plug-in registers itself with its settings beside it::
 ``method.ewc.*`` (data sets: ``data.<name>.*``; encoders: ``encoders.<slot>.<name>.*`` for the
 slots of the encoder's modality); ``defaults`` are config values the method wants unless a
 preset or an override says otherwise; ``former_keys`` maps keys of an earlier release (relative
-to the section's parent: ``{"ewc_lambda": "penalty"}`` for ``method.ewc_lambda``) to the new
-field, so that an old key fails with the new name and an old run folder's config still reads.
+to the section's parent: ``{"ewc_lambda": "penalty"}`` for ``method.ewc_lambda``; a whole
+dotted key such as ``data.sensor_length`` for a key that sat elsewhere) to the new field, so
+that an old key fails with the new name and an old run folder's config still reads.
 
 This module imports nothing from mmcl and imports no plug-in: ``mmcl.plugins`` discovers the
 built-in and third-party plug-ins, in one place above the tables.

@@ -129,9 +129,11 @@ def _former_keys() -> dict[str, list[str]]:
             for parent in parents:
                 section = f"{parent}.{name}"
                 for old, new in cls.former_keys.items():
-                    # (an encoder's former keys also sat in the slots of other modalities, where
-                    # they had to keep their defaults: they are retired there, with no new key)
-                    targets = out.setdefault(f"{parent}.{old}", [])
+                    # A former key with a dot is a whole key (data.sensor_length -> every slot's
+                    # imu.length); one without sat in the section's parent. An encoder's former
+                    # keys also sat in the slots of other modalities, where they had to keep their
+                    # defaults: they are retired there, with no new key.
+                    targets = out.setdefault(old if "." in old else f"{parent}.{old}", [])
                     if section in _cache["groups"]:
                         targets.append(f"{section}.{new}")
     return out

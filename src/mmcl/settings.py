@@ -140,11 +140,6 @@ class DataConfig:
     max_text_tokens: int = setting("text is truncated to this many tokens", 64, minimum=2)
     max_speech_seconds: float = setting("speech and audio are cut to this many seconds", 3.0, above=0.0)
     video_frames: int = setting("frames sampled per video clip, evenly spaced over the clip [C]", 8, minimum=1)
-    sensor_length: int = setting("inertial-sensor recordings are linearly resampled to this many samples [C]", 192,
-                                 minimum=1)
-    sensor_window: int = setting("sensor samples per token of the imu encoder (UESTC-MMEA-CL's official window: 24)",
-                                 24,
-                                 minimum=1)
     sample_rate: int = setting("speech is resampled to this rate (Hz); GE2E expects 16000", 16000, minimum=1000)
     cache_prefix: bool = setting(
         "cache each frozen encoder's prefix (tokenizer + block 1, before the first adapter) at "

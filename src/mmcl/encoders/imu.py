@@ -7,8 +7,8 @@ task 1 and then freezes it (mmcl.encoders.fit). ``source`` may instead name a fi
 (``torch.save`` of this module's ``state_dict()``, loaded with ``weights_only=True``), e.g. one
 trained on another data set.
 
-Input: a recording resampled to ``data.sensor_length`` samples of C axes (the data set's
-decoder scales and filters it). Tokens: non-overlapping windows of ``data.sensor_window``
+Input: a recording resampled to ``encoders.<m>.imu.length`` samples of C axes (the data set's
+decoder scales and filters it). Tokens: non-overlapping windows of ``encoders.<m>.imu.window``
 samples, each window flattened and projected (``width``), plus sinusoidal positions; then
 ``layers`` pre-norm transformer layers (heads = width / 32), split into ``model.blocks`` groups.
 """
@@ -58,9 +58,14 @@ class IMUSettings:
                        "saved in the run folder as fitted_<modality>.safetensors) [C]", "none",
                        choices=("none", "first_task"))
     fit_epochs: int = setting("epochs of the 'first_task' fit (AdamW, train.lr, train.batch_size)", 10, minimum=1)
+    length: int = setting("recordings are linearly resampled to this many samples [C]", 192, minimum=1)
+    window: int = setting("samples per token (UESTC-MMEA-CL's official window: 24); must divide length", 24,
+                          minimum=1)
 
 
-@register_encoder("imu", settings=IMUSettings, former_keys={"fit": "fit", "fit_epochs": "fit_epochs"})
+@register_encoder("imu", settings=IMUSettings, former_keys={"fit": "fit", "fit_epochs": "fit_epochs",
+                                                                "data.sensor_length": "length",
+                                                                "data.sensor_window": "window"})
 class IMUEncoder(BlockEncoder):
     """Small transformer over windows of a 3-axis sensor (frozen random, a weight file, or fitted on task 1)."""
 
@@ -72,10 +77,10 @@ class IMUEncoder(BlockEncoder):
         self.source = enc_cfg.source
         own = enc_cfg.imu  # this encoder's settings (encoders.<m>.imu.*)
         self.fit_on_first_task, self.fit_epochs = own.fit == "first_task", int(own.fit_epochs)
-        self.length, self.window = int(data_cfg.sensor_length), int(data_cfg.sensor_window)
+        self.length, self.window = int(own.length), int(own.window)
         if self.length % self.window:
-            raise ValueError(f"sensor encoder imu: data.sensor_length={self.length} must be a multiple of "
-                             f"data.sensor_window={self.window}")
+            raise ValueError(f"sensor encoder imu: length={self.length} must be a multiple of "
+                             f"window={self.window} (encoders.<m>.imu.*)")
         width, layers = int(enc_cfg.width), int(enc_cfg.layers)
         heads = max(1, width // 32)
         if width % heads:
@@ -100,7 +105,7 @@ class IMUEncoder(BlockEncoder):
             except Exception as e:  # noqa: BLE001 - unpickling and shape errors vary
                 raise ValueError(f"{what}: cannot load {path} ({load_error(e)}); it must be the state_dict of an "
                                  f"imu encoder with width={width}, layers={layers}, "
-                                 f"data.sensor_window={self.window}") from None
+                                 f"window={self.window}") from None
             self._stamp = file_stamp(path)
         self.groups = split_layers(layers, num_blocks, f"imu ({layers} layers)")
         self.dims = [width] * num_blocks
@@ -126,7 +131,7 @@ class IMUEncoder(BlockEncoder):
                 f"length={self.length}|window={self.window}")
 
     def preprocess(self, raws: list) -> dict[str, torch.Tensor]:
-        """Recordings (T, 3) float -> {'signal': float32 (B, sensor_length, 3)}."""
+        """Recordings (T, 3) float -> {'signal': float32 (B, length, 3)}."""
         out = []
         for r in raws:
             r = np.asarray(r, dtype=np.float32)
