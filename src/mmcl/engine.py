@@ -234,8 +234,7 @@ class Experiment(ResumableRun):
         record = {"task": t + 1, "accuracy": row[: t + 1], "seen_accuracy": seen, "val_accuracy": val,
                   "train_losses": train_losses, "train_time_s": round(p.task_train_s, 3),
                   "task_time_s": round(p.task_elapsed_s, 3)}
-        record.update({k: v[-1] for k, v in self.method.summary().items()
-                       if isinstance(v, list) and v and k in ("expert_usage", "frozen_experts")})
+        record.update(self.method.task_record())
         p.R.append(row)
         p.val_acc.append(val)
         p.task_times.append(p.task_elapsed_s)

@@ -32,18 +32,23 @@ def distillation(new_logits: Tensor, old_logits: Tensor, T: float = 2.0) -> Tens
     return (T * T) * kl.mean()
 
 
-def _info_nce(query: Tensor, keys: Tensor, tau: float) -> Tensor:
+def _info_nce(query: Tensor, keys: Tensor, tau: float, groups: Tensor | None = None) -> Tensor:
     """InfoNCE with cosine similarity: row i of ``keys`` is the positive of query i, the other
-    rows are negatives. Mean over the batch."""
+    rows are negatives; with ``groups`` (B,) only rows of another group are negatives (rows of
+    the same group, e.g. the same class, are neither pulled nor pushed). Mean over the batch."""
     q = F.normalize(query, dim=-1)
     k = F.normalize(keys, dim=-1)
     logits = q @ k.t() / tau
     target = torch.arange(q.shape[0], device=q.device)
+    if groups is not None:
+        same = groups.view(-1, 1) == groups.view(1, -1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, target)
 
 
 def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce", tau: float = 0.1,
-              detach_joint: bool = True) -> Tensor:
+              detach_joint: bool = True, groups: Tensor | None = None) -> Tensor:
     """L_align: pull each modality's representation toward the joint one.
 
     - ``joint_infonce``: for each modality k, InfoNCE with z_k as query, the same sample's
@@ -51,7 +56,9 @@ def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce",
     - ``joint_cosine``: mean over k and samples of 1 - cos(z_k, z_joint).
     - ``pairwise_infonce``: the conventional modality-to-modality contrastive loss (the
       paper's ablation): symmetric InfoNCE between every pair of modalities, z_joint unused.
-    ``detach_joint`` stops gradients through z_joint (the joint is the anchor).
+    ``detach_joint`` stops gradients through z_joint (the joint is the anchor). ``groups``
+    (B,): the InfoNCE kinds take only rows of another group as negatives (e.g. the class: a
+    sample of the same class is not pushed away).
     """
     if kind not in ALIGN_KINDS:
         raise ValueError(f"alignment kind '{kind}' is not one of {', '.join(ALIGN_KINDS)}")
@@ -63,12 +70,13 @@ def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce",
         terms = []
         for a in range(len(z_mod)):
             for b in range(a + 1, len(z_mod)):
-                terms.append(0.5 * (_info_nce(z_mod[a], z_mod[b], tau) + _info_nce(z_mod[b], z_mod[a], tau)))
+                terms.append(0.5 * (_info_nce(z_mod[a], z_mod[b], tau, groups)
+                                    + _info_nce(z_mod[b], z_mod[a], tau, groups)))
         return torch.stack(terms).mean()
     anchor = z_joint.detach() if detach_joint else z_joint
     if kind == "joint_cosine":
         return torch.stack([(1 - F.cosine_similarity(z, anchor, dim=-1)).mean() for z in z_mod]).mean()
-    return torch.stack([_info_nce(z, anchor, tau) for z in z_mod]).mean()
+    return torch.stack([_info_nce(z, anchor, tau, groups) for z in z_mod]).mean()
 
 
 def similarity_distribution(z: Tensor, tau: float) -> Tensor:

@@ -23,7 +23,16 @@ from typing import Any
 
 from .metrics import DEFINITIONS, SCALAR_METRICS
 from .plots import accuracy_matrix_figure, expert_usage_figure
-from .results import accuracy_matrix, freeze_threshold, is_missing, load_results, pct, run_metrics, run_title
+from .results import (
+    accuracy_matrix,
+    freeze_threshold,
+    is_missing,
+    load_results,
+    pct,
+    routing_table,
+    run_metrics,
+    run_title,
+)
 
 ACC_PNG = "accuracy_matrix.png"
 USAGE_PNG = "expert_usage.png"
@@ -201,6 +210,15 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
                                                       for b in range(nb)], rows))
         if USAGE_PNG in images:
             blocks.append(("img", images[USAGE_PNG], "Expert usage per task and block"))
+    routing = routing_table(results)
+    if routing:
+        blocks.append(("h2", "Routing diagnostics"))
+        blocks.append(("p", "After each task its training rows are routed again without noise, one class at a "
+                            "time. Chi-square tests the counts the freezing rule used against uniform routing; "
+                            "the G-test asks whether the chosen expert depends on the class (small p: it does), "
+                            "with the mutual information and, in brackets, its value expected without any "
+                            "dependence at these counts. Blocks and tasks are numbered from 1."))
+        blocks.append(("table", *routing))
     return blocks
 
 

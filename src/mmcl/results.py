@@ -69,3 +69,29 @@ def run_title(results: dict) -> str:
     return str(results.get("name") or
                f"{results.get('preset', '?')}-{results.get('method', '?')}-s{results.get('seed', '?')}")
 
+
+
+def routing_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The routing diagnostics of a run with adapters (mmcl.routing_stats) as a table: one row
+    per task and block; None when the run has none."""
+    diag = results.get("routing_diagnostics") or []
+    scales = results.get("gate_scales") or []
+    if not diag:
+        return None
+
+    def p(v):
+        return "n/a" if v is None else f"{v:.2g}"
+
+    rows = []
+    for t, blocks in enumerate(diag):
+        for b, d in enumerate(blocks):
+            s = scales[t][b] if t < len(scales) and b < len(scales[t]) else None
+            mi = "n/a" if d.get("class_mi") is None else f"{d['class_mi']:.4f} ({d['class_mi_random']:.4f})"
+            share = d.get("frozen_share")
+            rows.append([str(t + 1), str(b + 1), f"{d['uniform_chi2']:.1f}" if d.get("uniform_chi2") is not None
+                         else "n/a", p(d.get("uniform_p")), p(d.get("class_p")), mi,
+                         "n/a" if share is None else f"{100 * share:.1f}",
+                         "n/a" if not s else f"{s[0]:.3f} / {s[1]:.3f}"])
+    header = ["task", "block", "chi2 vs uniform", "p (uniform)", "p (class-independent)",
+              "MI class;expert, nats (random)", "% to experts frozen before", "gate logit std / noise std"]
+    return header, rows

@@ -184,6 +184,9 @@ class AdapterConfig:
     route: str = setting("routing granularity: 'sample' (per sample and modality) [C]", "sample", choices=('sample',))
     noisy_gating: bool = setting("learned Gaussian noise on gate logits in training (noisy top-k) [C]", True)
     balance_weight: float = setting("lambda_lb of cv^2(importance) + cv^2(load) [C]", 0.01)
+    diagnostics: bool = setting("after each task, route the task's training rows without noise, by class: routing "
+                                "tests, gate scales and the use of frozen experts in results.json and the report "
+                                "(one evaluation pass per task)", True)
 
 
 @dataclass
@@ -193,6 +196,16 @@ class FreezeConfig:
                                minimum=0.0, maximum=1.0)
     normalize: str = setting("'slots': f_e = count_e / (top_k * routings), shares sum to 1 [C]", "slots",
                              choices=('slots',))
+    usage: str = setting("what the shares are counted on: 'training' (every training routing of the task: noisy, "
+                         "memory rows included) or 'clean' (a noise-free pass over the task's own training rows "
+                         "after training) [C]", "training", choices=("training", "clean"))
+    rule: str = setting("which experts freeze: 'share' (share above freeze.threshold [P]), 'relative' (share above "
+                        "freeze.relative / adapter.num_experts) or 'top' (the freeze.top most used) [C]", "share",
+                        choices=("share", "relative", "top"))
+    relative: float = setting("rule=relative: freeze shares above this multiple of the uniform share 1/E [C]", 1.5,
+                              minimum=0.0)
+    top: int = setting("rule=top: experts frozen per block and task (the most used not yet frozen) [C]", 2,
+                       minimum=0)
 
 
 @dataclass
@@ -206,6 +219,9 @@ class LossConfig:
     align_kind: str = setting("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]",
                               "joint_infonce",
                               choices=('joint_infonce', 'joint_cosine', 'pairwise_infonce'))
+    align_negatives: str = setting("InfoNCE negatives of L_align: 'all' (every other row of the batch) or "
+                                   "'other_class' (rows of the same class are not pushed apart) [C]", "all",
+                                   choices=("all", "other_class"))
     align_tau: float = setting("temperature of the InfoNCE alignment [C]", 0.1, above=0.0)
     align_detach_joint: bool = setting("stop gradients through z_joint in L_align (the joint is the anchor) [C]", True)
     preserve_tau: float = setting("temperature of the pairwise-similarity distributions [C]", 0.1, above=0.0)

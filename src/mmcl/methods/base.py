@@ -174,6 +174,10 @@ class Method:
         for name, store in self.stores().items():
             store.load(meta[name], tensors)
 
+    def task_record(self) -> dict:
+        """Method-specific entries of the metrics.jsonl line of the task just evaluated."""
+        return {}
+
     def summary(self) -> dict:
         """Method-specific results for results.json (e.g. expert usage)."""
         return {}

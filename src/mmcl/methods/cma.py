@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import Tensor
 
-from mmcl import losses
+from mmcl import losses, routing_stats
 from mmcl.memory import RehearsalMemory
 from mmcl.methods.base import Method
 from mmcl.registry import register_method
@@ -24,6 +24,10 @@ class CrossModalityAdapters(Method):
         self.memory = RehearsalMemory(cfg.memory.size, cfg.memory.selection)
         self.usage_history: list[list[list[float]]] = []   # task -> block -> expert share
         self.frozen_history: list[list[list[int]]] = []    # task -> block -> frozen expert ids
+        self.counts_history: list[list[list[int]]] = []    # task -> block -> the counts the rule used
+        self.by_class_history: list[list[list[list[int]]]] = []  # task -> block -> class -> expert
+        self.diagnostics_history: list[list[dict]] = []    # task -> block -> routing_stats.summarize_block
+        self.scales_history: list[list[list[float]]] = []  # task -> block -> [clean logit std, noise std]
         self.current_old_logits: Tensor | None = None      # distil.on_current targets, by sample
 
     # -- task boundaries ------------------------------------------------------------------------
@@ -38,17 +42,62 @@ class CrossModalityAdapters(Method):
             self.current_old_logits = self.old_outputs_of_task(t)
 
     def end_task(self, t: int) -> None:
-        self._freeze_experts(t)
+        clean = None
+        if self.model.adapters and (self.cfg.adapter.diagnostics or self.cfg.freeze.usage == "clean"):
+            clean = self.clean_routing(self.scenario.tasks[t].train)
+        self._freeze_experts(t, clean)
         if self.cfg.memory.size > 0:
             self._update_memory(t)
 
-    def _freeze_experts(self, t: int) -> None:
-        usage, frozen = [], []
+    @torch.no_grad()
+    def clean_routing(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Noise-free routing (eval mode) of samples ``idx``, one class at a time: the choice
+        counts (blocks, classes, E) by output class, and (blocks, 2) the mean clean gate-logit
+        std and noise std. Every rank of a data-parallel run computes all of it (same result)."""
+        model, was = self.model, self.model.training
+        model.eval()
+        targets = self.targets(idx).cpu()
+        E = model.adapters[0].num_experts
+        table = torch.zeros(len(model.adapters), model.classifier.num_classes, E, dtype=torch.float64)
+        scales, n_batches = torch.zeros(len(model.adapters), 2, dtype=torch.float64), 0
+        bs = self.cfg.eval.batch_size
+        for c in targets.unique().tolist():
+            rows = idx[targets == c]
+            for s in range(0, len(rows), bs):
+                out = model(self.fetch(rows[s:s + bs]))
+                for b, u in enumerate(out.usage):
+                    table[b, c] += u.double().cpu()
+                scales += torch.stack(out.scales).double().cpu()
+                n_batches += 1
+        model.train(was)
+        return table, scales / max(1, n_batches)
+
+    def _experts_to_freeze(self, share: Tensor, frozen: Tensor) -> list[int]:
+        fc, E = self.cfg.freeze, share.numel()
+        if fc.rule == "relative":
+            return torch.nonzero(share > fc.relative / E).flatten().tolist()
+        if fc.rule == "top":
+            order = [int(e) for e in torch.argsort(share, descending=True, stable=True)
+                     if not frozen[e] and share[e] > 0]
+            return order[:fc.top]
+        return torch.nonzero(share > fc.threshold).flatten().tolist()
+
+    def _freeze_experts(self, t: int, clean: tuple[Tensor, Tensor] | None = None) -> None:
+        usage, frozen, counts, by_class, diag = [], [], [], [], []
         for b, adapter in enumerate(self.model.adapters):
-            share = adapter.usage_share()
+            before = torch.nonzero(adapter.frozen).flatten().tolist()
+            if self.cfg.freeze.usage == "clean":
+                c = clean[0][b].sum(0)
+                share = (c / c.sum().clamp_min(1)).float()
+            else:
+                c, share = adapter.usage_count.cpu(), adapter.usage_share()
             usage.append([round(float(x), 6) for x in share])
+            counts.append([int(round(float(x))) for x in c])
+            if clean is not None:
+                by_class.append(clean[0][b].round().long().tolist())
+                diag.append(routing_stats.summarize_block(c, clean[0][b], before))
             if self.cfg.freeze.enabled:
-                adapter.freeze_experts(torch.nonzero(share > self.cfg.freeze.threshold).flatten().tolist())
+                adapter.freeze_experts(self._experts_to_freeze(share, adapter.frozen))
                 if bool(adapter.frozen.all()):
                     log.warning("block %d: all %d experts are frozen after task %d; its adapter has no "
                                 "plasticity left (raise freeze.threshold or adapter.num_experts)",
@@ -57,6 +106,14 @@ class CrossModalityAdapters(Method):
         if self.model.adapters:
             self.usage_history.append(usage)
             self.frozen_history.append(frozen)
+            self.counts_history.append(counts)
+            if clean is not None:
+                self.by_class_history.append(by_class)
+                self.diagnostics_history.append(diag)
+                self.scales_history.append([[round(float(x), 6) for x in s] for s in clean[1]])
+                log.info("task %d: routing uniform-test p %s, class-dependence p %s", t + 1,
+                         " ".join(f"{d['uniform_p']:.2g}" for d in diag), " ".join(
+                             f"{d['class_p']:.2g}" if d["class_p"] is not None else "-" for d in diag))
             log.info("task %d: frozen experts per block %s", t + 1, frozen)
 
     def _update_memory(self, t: int) -> None:
@@ -91,9 +148,10 @@ class CrossModalityAdapters(Method):
             terms["preserve"] = lw.preserve * losses.preservation(
                 self.memory.old_z[mem_pos].to(self.device), out.z_joint[n:], self.task + 1, lw.preserve_tau)
         if lw.align:
+            groups = target if lw.align_negatives == "other_class" else None
             terms["align"] = lw.align * losses.alignment(
                 [out.z_mod[m] for m in self.model.modalities], out.z_joint, lw.align_kind, lw.align_tau,
-                lw.align_detach_joint)
+                lw.align_detach_joint, groups)
         if self.model.adapters and cfg.adapter.balance_weight:
             terms["balance"] = cfg.adapter.balance_weight * out.balance
         return terms
@@ -104,7 +162,9 @@ class CrossModalityAdapters(Method):
 
     def state(self):
         meta, tensors = super().state()
-        meta.update(usage_history=self.usage_history, frozen_history=self.frozen_history)
+        meta.update(usage_history=self.usage_history, frozen_history=self.frozen_history,
+                    counts_history=self.counts_history, by_class_history=self.by_class_history,
+                    diagnostics_history=self.diagnostics_history, scales_history=self.scales_history)
         if self.current_old_logits is not None:
             tensors["current_old_logits"] = self.current_old_logits
         return meta, tensors
@@ -113,10 +173,21 @@ class CrossModalityAdapters(Method):
         super().load_state(meta, tensors)
         self.usage_history = meta["usage_history"]
         self.frozen_history = meta["frozen_history"]
+        for name in ("counts_history", "by_class_history", "diagnostics_history", "scales_history"):
+            setattr(self, name, meta.get(name, []))  # (absent in checkpoints of earlier releases)
         self.current_old_logits = tensors.get("current_old_logits")
         for adapter in self.model.adapters:
             adapter.apply_frozen()
 
     def summary(self) -> dict:
         return {"expert_usage": self.usage_history, "frozen_experts": self.frozen_history,
+                "expert_usage_counts": self.counts_history, "expert_usage_by_class": self.by_class_history,
+                "routing_diagnostics": self.diagnostics_history, "gate_scales": self.scales_history,
                 "memory_size": len(self.memory)}
+
+    def task_record(self) -> dict:
+        """The last task's routing for its metrics.jsonl line."""
+        names = {"expert_usage": self.usage_history, "frozen_experts": self.frozen_history,
+                 "expert_usage_counts": self.counts_history, "routing_diagnostics": self.diagnostics_history,
+                 "gate_scales": self.scales_history}
+        return {k: v[-1] for k, v in names.items() if v}

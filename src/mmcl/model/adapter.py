@@ -53,6 +53,7 @@ class Routing:
     counts: Tensor           # (E,) how often each expert was chosen
     routings: int            # routed (sample, modality) pairs
     stats: Tensor | None = None  # (modalities, 2, E): importance and load sums (differentiable)
+    scales: Tensor | None = None  # (2,) eval only: mean std of the clean gate logits, mean noise std
 
 
 def balance_from_stats(stats: Tensor) -> Tensor | float:
@@ -135,6 +136,18 @@ class CrossModalityAdapter(nn.Module):
     def draw_noise(self, rows: int, device) -> dict[str, Tensor]:
         """Standard normal gate noise, (rows, E) per modality, in the order forward uses it."""
         return {m: torch.randn(rows, self.num_experts, device=device, dtype=torch.float32) for m in self.modalities}
+
+    @torch.no_grad()
+    def gate_scales(self, m: str, gate_in: Tensor) -> Tensor:
+        """(2,): the clean gate logits' std over experts and the learned noise std, each averaged
+        over the rows (noise std 0 without noisy gating): which of the two decides the top k."""
+        logits = self.gate[m](gate_in).float()
+        clean = logits.std(-1).mean() if logits.shape[-1] > 1 else logits.new_zeros(())
+        if self.noisy_gating and not self.dense:
+            noise = (F.softplus(self.gate_noise[m](gate_in).float()) + 1e-2).mean()
+        else:
+            noise = logits.new_zeros(())
+        return torch.stack([clean, noise])
 
     def _route(self, m: str, gate_in: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> (chosen expert ids (B, k), their weights (B, k), importance (E,), load (E,)).
@@ -259,15 +272,17 @@ class CrossModalityAdapter(nn.Module):
         down = {m: self.down[m](tokens[m]) for m in self.modalities}
         pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
         ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
-        out, balance, stats = {}, 0.0, []
+        out, balance, stats, scales = {}, 0.0, [], []
         qk = self.qk_products()
         counts = torch.zeros(self.num_experts, device=next(iter(down.values())).device)
         routings = 0
         for m in self.modalities:
             others = [j for j in self.modalities if j != m] or [m]  # one modality: its own tokens
             other_pool = torch.stack([pooled[j] for j in others]).mean(0)
-            idx, w, importance, load = self._route(m, torch.cat([pooled[m], other_pool], -1),
-                                                   None if noise is None else noise[m])
+            gate_in = torch.cat([pooled[m], other_pool], -1)
+            idx, w, importance, load = self._route(m, gate_in, None if noise is None else noise[m])
+            if not self.training:
+                scales.append(self.gate_scales(m, gate_in))
             stats.append(torch.stack([importance, load.to(importance.dtype)]))
             bal = load_balance(importance, load)
             ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
@@ -300,4 +315,5 @@ class CrossModalityAdapter(nn.Module):
             routings += idx.shape[0]
         if self.training and count_usage:
             self.add_usage(counts.double(), routings)
-        return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats))
+        return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats),
+                            scales=torch.stack(scales).mean(0) if scales else None)

@@ -60,6 +60,7 @@ class Output:
     usage: list = field(default_factory=list)  # per block: expert choice counts of this call
     routings: list = field(default_factory=list)  # per block: routed (sample, modality) pairs
     stats: Tensor | None = None  # (blocks, modalities, 2, E) gate importance / load sums
+    scales: list = field(default_factory=list)  # eval only, per block: (2,) clean logit std, noise std
 
 
 class MMModel(nn.Module):
@@ -184,7 +185,9 @@ class MMModel(nn.Module):
         stats = torch.stack([o.stats for o in outs]).sum(0)
         usage = [sum(o.usage[b] for o in outs) for b in range(len(self.adapters))]
         routings = [sum(o.routings[b] for o in outs) for b in range(len(self.adapters))]
-        return Output(logits, z_mod, z_joint, balance_from_stats(stats), usage, routings, stats)
+        scales = [torch.stack([o.scales[b] for o in outs]).mean(0) for b in range(len(self.adapters))] \
+            if all(o.scales for o in outs) else []
+        return Output(logits, z_mod, z_joint, balance_from_stats(stats), usage, routings, stats, scales)
 
     def _forward_rows(self, batch: dict, noise: list | None, count_usage: bool) -> Output:
         pooled, routing = self.encode(batch, noise, count_usage)
@@ -194,7 +197,8 @@ class MMModel(nn.Module):
         z_mod = {m: self.proj[m](pooled[m]) for m in self.modalities}
         z_joint = self.fusion(torch.cat([z_mod[m] for m in self.modalities], dim=-1))
         return Output(self.classifier(z_joint), z_mod, z_joint, balance, [r.counts for r in routing],
-                      [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None)
+                      [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None,
+                      [r.scales for r in routing] if routing and routing[0].scales is not None else [])
 
 
 def noise_rows(noise: list | None, rows) -> list | None:
