@@ -163,3 +163,66 @@ def test_report_shows_the_routing_table(fake_stamps, cache, tmp_path):
     write_report(tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Routing diagnostics" in md and "p (class-independent)" in md
+
+
+def test_split_classification_by_hand():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 6), torch.tensor([4, 5, 4, 0, 2])
+    got = losses.split_classification(logits, labels, 3, 4)
+    F = torch.nn.functional
+    want = (F.cross_entropy(logits[:3, 4:], labels[:3] - 4, reduction="sum")
+            + F.cross_entropy(logits[3:], labels[3:], reduction="sum")) / 5
+    assert got == pytest.approx(float(want))
+    assert losses.split_classification(logits, labels, 5, 0) == pytest.approx(float(F.cross_entropy(logits, labels)))
+
+
+def test_memory_rows_route_noise_free_and_the_rng_advances_alike(fake_stamps, cache, tmp_path):
+    from test_methods import experiment
+    exp = experiment(fake_stamps, cache, tmp_path, "cma", **{"adapter.memory_noise": False})
+    m = exp.method
+    m.begin_task(0)
+    idx = exp.scenario.tasks[0].train[:8]
+    exp.model.train()
+    torch.manual_seed(5)
+    out, _ = m.forward_batch(idx, 5)
+    after_quiet = torch.get_rng_state()
+    torch.manual_seed(5)
+    noisy, _ = m.forward_batch(idx)  # every row with noise
+    assert torch.equal(torch.get_rng_state(), after_quiet)
+    exp.model.eval()
+    with torch.no_grad():
+        clean = exp.model(m.fetch(idx))
+    exp.model.train()
+    assert torch.allclose(out.logits[5:], clean.logits[5:], atol=1e-5)  # memory rows: no noise
+    assert torch.allclose(out.logits[:5], noisy.logits[:5], atol=1e-6)  # current rows: the same noise
+
+
+def test_gate_initialisation_and_noise_scale(fake_stamps, cache, tmp_path):
+    from test_methods import experiment
+    exp = experiment(fake_stamps, cache, tmp_path, "cma", **{"adapter.gate_init_std": 0.5, "adapter.noise_scale": 0.0})
+    a = exp.model.adapters[0]
+    w = next(iter(a.gate.values())).weight
+    assert float(w.std()) == pytest.approx(0.5, rel=0.3)
+    exp.model.train()
+    assert not a.draws_noise  # a zero noise scale routes without noise, and draws none
+    default = experiment(fake_stamps, cache, tmp_path, "cma").model.adapters[0]
+    assert float(next(iter(default.gate.values())).weight.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["cma", "er"])
+def test_replay_classification_counters_recency_only_when_asked(method, fake_stamps, cache, tmp_path):
+    from test_methods import experiment
+    F = torch.nn.functional
+    on = experiment(fake_stamps, cache, tmp_path, method, **{"loss.cls_current": True}).method
+    off = experiment(fake_stamps, cache, tmp_path, method).method
+    torch.manual_seed(0)
+    first = on.scenario.seen_classes(0)
+    logits = torch.randn(6, on.scenario.seen_classes(1))
+    target = torch.tensor([first, first + 1, first, 0, 1, first])
+    for m in (on, off):
+        m.task = 1
+    assert on.replay_classification(logits, target, 3) == pytest.approx(
+        float(losses.split_classification(logits, target, 3, first)))
+    assert off.replay_classification(logits, target, 3) == pytest.approx(float(F.cross_entropy(logits, target)))
+    on.task = 0  # the first task has no old classes: plain cross-entropy
+    assert on.replay_classification(logits, target, 3) == pytest.approx(float(F.cross_entropy(logits, target)))

@@ -15,6 +15,16 @@ def classification(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels)
 
 
+def split_classification(logits: Tensor, labels: Tensor, n_current: int, first_new: int) -> Tensor:
+    """Cross-entropy where the first ``n_current`` rows (the current task's samples, whose labels
+    are all >= ``first_new``) are scored over the output units ``first_new:`` only and the other
+    rows (memory) over every unit; the mean over all rows."""
+    cur = F.cross_entropy(logits[:n_current, first_new:], labels[:n_current] - first_new, reduction="sum")
+    mem = F.cross_entropy(logits[n_current:], labels[n_current:], reduction="sum") if len(labels) > n_current \
+        else logits.new_zeros(())
+    return (cur + mem) / max(1, len(labels))
+
+
 def distillation(new_logits: Tensor, old_logits: Tensor, T: float = 2.0) -> Tensor:
     """L_distil = T^2 * mean_batch KL(softmax(old/T) || softmax(new/T)).
 

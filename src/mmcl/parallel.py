@@ -33,25 +33,34 @@ from torch import Tensor
 
 from mmcl.distributed import Dist, shard_bounds, shard_sizes
 from mmcl.model.adapter import balance_from_stats
-from mmcl.model.mmencoder import MMModel, Output, noise_rows
+from mmcl.model.mmencoder import MMModel, Output, mute_noise, noise_rows
 
 
 def forward_batch(model: MMModel, dist: Dist, idx: Tensor, fetch: Callable[[Tensor], dict],
-                  targets: Callable[[Tensor], Tensor], device: torch.device) -> tuple[Output, Tensor]:
+                  targets: Callable[[Tensor], Tensor], device: torch.device,
+                  noise_free_from: int | None = None) -> tuple[Output, Tensor]:
     """Training forward over the samples ``idx`` -> (outputs of every row, targets).
     ``fetch(idx)``: the batch of those samples on ``device``, with its "target";
     ``targets(idx)``: their targets only. In a data-parallel run each rank computes its slice
     of the rows and the outputs, the gate statistics and the expert-usage counts of the whole
-    batch are combined across ranks (see the module docstring)."""
+    batch are combined across ranks (see the module docstring). ``noise_free_from``: rows from
+    this position on are routed without gate noise (the noise is still drawn for every row, so
+    the RNG advances as it would otherwise)."""
     if not dist.enabled:
         batch = fetch(idx)
-        return model(batch), batch["target"]
+        if noise_free_from is None:
+            return model(batch), batch["target"]
+        noise = mute_noise(model.draw_routing_noise(len(idx)), noise_free_from)
+        return model(batch, noise=noise), batch["target"]
     n = len(idx)
     sizes = shard_sizes(n, dist.world_size)
     start, end = shard_bounds(n, dist.world_size, dist.rank)
     if end > start:
         batch = fetch(idx[start:end])
-        noise = noise_rows(model.draw_routing_noise(n), slice(start, end))
+        noise = model.draw_routing_noise(n)
+        if noise_free_from is not None:
+            noise = mute_noise(noise, noise_free_from)
+        noise = noise_rows(noise, slice(start, end))
         out = model(batch, noise=noise, count_usage=False)
     else:  # fewer rows than ranks: nothing to run, but keep the RNG in step
         out = None

@@ -184,6 +184,12 @@ class AdapterConfig:
     route: str = setting("routing granularity: 'sample' (per sample and modality) [C]", "sample", choices=('sample',))
     noisy_gating: bool = setting("learned Gaussian noise on gate logits in training (noisy top-k) [C]", True)
     balance_weight: float = setting("lambda_lb of cv^2(importance) + cv^2(load) [C]", 0.01)
+    gate_init_std: float = setting("std of the normal initialisation of the clean gate weights (0: zeros, every "
+                                   "expert equal at the start and the noise decides) [C]", 0.0, minimum=0.0)
+    noise_scale: float = setting("multiplier of the learned gate-noise std (softplus(W x) + 0.01; 0.70 at a zero "
+                                 "initialisation) [C]", 1.0, minimum=0.0)
+    memory_noise: bool = setting("route memory rows with gate noise in training like current rows; false: memory "
+                                 "rows are routed noise-free, as when their stored targets were computed [C]", True)
     diagnostics: bool = setting("after each task, route the task's training rows without noise, by class: routing "
                                 "tests, gate scales and the use of frozen experts in results.json and the report "
                                 "(one evaluation pass per task)", True)
@@ -219,6 +225,9 @@ class LossConfig:
     align_kind: str = setting("'joint_infonce', 'joint_cosine' or 'pairwise_infonce' (the paper's ablation) [C]",
                               "joint_infonce",
                               choices=('joint_infonce', 'joint_cosine', 'pairwise_infonce'))
+    cls_current: bool = setting("class-incremental recency-bias counter for replay methods (cma, er): the "
+                                "current rows' cross-entropy covers the current task's classes only, the memory "
+                                "rows' all seen classes (no effect in domain-incremental runs) [C]", False)
     align_negatives: str = setting("InfoNCE negatives of L_align: 'all' (every other row of the batch) or "
                                    "'other_class' (rows of the same class are not pushed apart) [C]", "all",
                                    choices=("all", "other_class"))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmcl import parallel
+from mmcl import losses, parallel
 from mmcl.data.batches import to_device
 from mmcl.data.prepared_data import PreparedData
 from mmcl.distributed import Dist
@@ -71,12 +71,26 @@ class Method:
     def targets(self, idx: Tensor) -> Tensor:
         return self.scenario.label_to_output[self.data.labels[idx]].to(self.device)
 
-    def forward_batch(self, idx: Tensor) -> tuple[Output, Tensor]:
+    def forward_batch(self, idx: Tensor, n_current: int | None = None) -> tuple[Output, Tensor]:
         """Training forward over the samples ``idx`` -> (outputs of every row, targets). In a
         data-parallel run each rank computes its slice of the rows and the outputs, the gate
         statistics and the expert-usage counts of the whole batch are combined across ranks
-        (mmcl.parallel.forward_batch)."""
-        return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device)
+        (mmcl.parallel.forward_batch). ``n_current``: the first rows are the current task's,
+        the rest memory rows, which route noise-free when adapter.memory_noise is false."""
+        quiet = None
+        if n_current is not None and n_current < len(idx) and not self.cfg.adapter.memory_noise:
+            quiet = n_current
+        return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device, quiet)
+
+    def replay_classification(self, logits: Tensor, target: Tensor, n_current: int) -> Tensor:
+        """L_cls of a batch whose first ``n_current`` rows are the current task's and the rest
+        memory rows; with loss.cls_current in a class-incremental run after task 1, the current
+        rows' cross-entropy covers only the current task's classes (a counter of the bias
+        toward new classes), else it is the plain cross-entropy over all seen classes."""
+        first = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
+        if not (self.cfg.loss.cls_current and self.scenario.kind == "class" and first):
+            return losses.classification(logits, target)
+        return losses.split_classification(logits, target, n_current, first)
 
     @torch.no_grad()
     def infer(self, idx: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:

@@ -128,9 +128,9 @@ class CrossModalityAdapters(Method):
             all_idx = torch.cat([idx, mem_idx])
         else:
             all_idx = idx
-        out, target = self.forward_batch(all_idx)
+        out, target = self.forward_batch(all_idx, len(idx))
         n = len(idx)
-        terms = {"cls": losses.classification(out.logits, target)}
+        terms = {"cls": self.replay_classification(out.logits, target, n)}
         # L_distil: memory rows against their stored old logits, plus the current rows against
         # theirs when distil_on_current computed them (also without a memory).
         old_parts, new_parts = [], []

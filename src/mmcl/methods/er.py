@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmcl import losses
 from mmcl.memory import RehearsalMemory
 from mmcl.methods.base import ADAPTER_FREE, Method
 from mmcl.registry import register_method
@@ -30,11 +29,12 @@ class ExperienceReplay(Method):
             self.update_balanced_memory(self.memory, t)
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
+        n = len(idx)
         if self.task > 0 and len(self.memory) > 0:
             mem_idx, _ = self.memory.sample(self.cfg.memory.batch_size, self.generator)
             idx = torch.cat([idx, mem_idx])
-        out, target = self.forward_batch(idx)
-        return {"cls": losses.classification(out.logits, target), **self.balance_term(out)}
+        out, target = self.forward_batch(idx, n)
+        return {"cls": self.replay_classification(out.logits, target, n), **self.balance_term(out)}
 
     def stores(self):
         return {"memory": self.memory}

@@ -68,12 +68,12 @@ def balance_from_stats(stats: Tensor) -> Tensor | float:
 class CrossModalityAdapter(nn.Module):
     def __init__(self, widths: dict[str, int], num_experts: int = 10, top_k: int = 2, dim: int = 128,
                  expert: str = "cross_attention", context_tokens: int = 32, noisy_gating: bool = True,
-                 dense: bool = False):
+                 dense: bool = False, gate_init_std: float = 0.0, noise_scale: float = 1.0):
         super().__init__()
         self.modalities = list(widths)
         self.num_experts, self.top_k, self.dim = num_experts, top_k, dim
         self.expert_kind, self.context_tokens = expert, context_tokens
-        self.noisy_gating, self.dense = noisy_gating, dense
+        self.noisy_gating, self.dense, self.noise_scale = noisy_gating, dense, float(noise_scale)
         self.down = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items()})
         self.up = nn.ModuleDict({m: nn.Linear(dim, w) for m, w in widths.items()})
         for lin in self.up.values():  # identity at initialisation
@@ -83,7 +83,10 @@ class CrossModalityAdapter(nn.Module):
         self.gate = nn.ModuleDict({m: nn.Linear(2 * dim, num_experts, bias=False) for m in widths})
         self.gate_noise = nn.ModuleDict({m: nn.Linear(2 * dim, num_experts, bias=False) for m in widths})
         for m in widths:
-            nn.init.zeros_(self.gate[m].weight)
+            if gate_init_std > 0:  # (drawn from the global RNG, seeded by run.seed)
+                nn.init.normal_(self.gate[m].weight, std=gate_init_std)
+            else:
+                nn.init.zeros_(self.gate[m].weight)
             nn.init.zeros_(self.gate_noise[m].weight)
         # Expert e owns one slice of each parameter list: separate Parameters so that freezing
         # an expert is requires_grad=False on exactly its tensors.
@@ -131,7 +134,7 @@ class CrossModalityAdapter(nn.Module):
     # -- routing --------------------------------------------------------------------------------
     @property
     def draws_noise(self) -> bool:
-        return self.noisy_gating and self.training and not self.dense
+        return self.noisy_gating and self.training and not self.dense and self.noise_scale > 0
 
     def draw_noise(self, rows: int, device) -> dict[str, Tensor]:
         """Standard normal gate noise, (rows, E) per modality, in the order forward uses it."""
@@ -144,7 +147,7 @@ class CrossModalityAdapter(nn.Module):
         logits = self.gate[m](gate_in).float()
         clean = logits.std(-1).mean() if logits.shape[-1] > 1 else logits.new_zeros(())
         if self.noisy_gating and not self.dense:
-            noise = (F.softplus(self.gate_noise[m](gate_in).float()) + 1e-2).mean()
+            noise = self.noise_scale * (F.softplus(self.gate_noise[m](gate_in).float()) + 1e-2).mean()
         else:
             noise = logits.new_zeros(())
         return torch.stack([clean, noise])
@@ -161,7 +164,7 @@ class CrossModalityAdapter(nn.Module):
             return idx, w, importance, importance
         noisy = self.draws_noise
         if noisy:
-            noise_std = F.softplus(self.gate_noise[m](gate_in)) + 1e-2
+            noise_std = self.noise_scale * (F.softplus(self.gate_noise[m](gate_in)) + 1e-2)
             if noise is None:
                 noise = torch.randn(logits.shape[0], E, device=logits.device, dtype=torch.float32)
             noisy_logits = logits + noise.to(logits.dtype) * noise_std

@@ -79,7 +79,8 @@ class MMModel(nn.Module):
                 widths = {m: encoders[m].dims[b] for m in self.modalities}
                 self.adapters.append(CrossModalityAdapter(
                     widths, num_experts=a.num_experts, top_k=a.top_k, dim=a.dim, expert=a.expert,
-                    context_tokens=a.context_tokens, noisy_gating=a.noisy_gating, dense=a.dense))
+                    context_tokens=a.context_tokens, noisy_gating=a.noisy_gating, dense=a.dense,
+                    gate_init_std=a.gate_init_std, noise_scale=a.noise_scale))
         mc = cfg.model
         self.proj = nn.ModuleDict({m: mlp(encoders[m].dims[-1], mc.head_hidden, mc.dim_z, mc.input_norm)
                                    for m in self.modalities})
@@ -199,6 +200,14 @@ class MMModel(nn.Module):
         return Output(self.classifier(z_joint), z_mod, z_joint, balance, [r.counts for r in routing],
                       [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None,
                       [r.scales for r in routing] if routing and routing[0].scales is not None else [])
+
+
+def mute_noise(noise: list | None, start: int) -> list | None:
+    """The pre-drawn gate noise with rows ``start:`` set to zero (those rows route noise-free)."""
+    if noise is None:
+        return None
+    return [None if n is None else {m: torch.cat([v[:start], torch.zeros_like(v[start:])]) for m, v in n.items()}
+            for n in noise]
 
 
 def noise_rows(noise: list | None, rows) -> list | None:
