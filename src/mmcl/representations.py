@@ -87,16 +87,39 @@ def tsne_available() -> bool:
 
 
 def embed_2d(z: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of the rows of z (scikit-learn, Barnes-Hut, PCA initialisation)."""
+    """2-D t-SNE of the rows of z, L2-normalised first (the losses compare representations by
+    cosine similarity), with scikit-learn's Barnes-Hut TSNE from a PCA initialisation."""
     try:
         from sklearn.manifold import TSNE
     except ImportError as e:
         raise RuntimeError("the t-SNE figure needs scikit-learn: pip install 'mmcl[tsne]' "
                            "(or pip install scikit-learn)") from e
     z = np.asarray(z, dtype=np.float32)
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     n = len(z)
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 samples, got {n}")
     perplexity = float(min(30.0, (n - 1) / 3.0))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
                 random_state=seed).fit_transform(z)
+
+
+def tsne_panels(arrays: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
+    """For every stored task: 2-D t-SNE of z_joint, and one t-SNE of all modalities' z_k
+    stacked (so the panel shows whether a sample's modalities land together). Returns rows of
+    {after, joint, label, task, mod_xy, mod_label, mod_index, modalities, classes} for
+    mmcl.plots.tsne_figure."""
+    classes = [str(c) for c in arrays.get("classes", [])]
+    modalities = [str(m) for m in arrays.get("modalities", [])]
+    rows = []
+    for t in stored_tasks(arrays):
+        pre = f"after{t}."
+        mods = [m for m in modalities if pre + m in arrays]
+        label = arrays[pre + "label"]
+        stacked = np.concatenate([arrays[pre + m] for m in mods]) if mods else None
+        rows.append({
+            "after": t, "joint": embed_2d(arrays[pre + "joint"], seed), "label": label, "task": arrays[pre + "task"],
+            "mod_xy": embed_2d(stacked, seed) if stacked is not None else None,
+            "mod_label": np.tile(label, len(mods)), "mod_index": np.repeat(np.arange(len(mods)), len(label)),
+            "modalities": mods, "classes": classes})
+    return rows

@@ -57,7 +57,9 @@ class CrossModalityAdapters(Method):
         if self.model.adapters:
             self.usage_history.append(usage)
             self.frozen_history.append(frozen)
-            log.info("task %d: frozen experts per block %s", t + 1, frozen)
+            log.info("task %d: frozen experts (numbered from 1) per block: %s", t + 1,
+                     "; ".join(f"block {b + 1}: {', '.join(str(e + 1) for e in ids) or 'none'}"
+                               for b, ids in enumerate(frozen)))
 
     def _update_memory(self, t: int) -> None:
         self.update_balanced_memory(self.memory, t)
