@@ -68,10 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """Options, positionals and key=value overrides in any order for every subcommand
     (``mmcl prepare ave --root DIR data.on_missing=skip``): the subcommand's own parser reads
     the rest of the line with parse_intermixed_args."""
+    parser = parser or _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in parser.subcommands:
         args = parser.subcommands[argv[0]].parse_intermixed_args(argv[1:])
@@ -85,7 +86,7 @@ def _rank() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(_parser(), argv)
+    args = parse_args(argv)
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     if _rank() != 0:  # under torchrun only rank 0 reports progress
         level = logging.WARNING
