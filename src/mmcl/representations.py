@@ -1,8 +1,8 @@
 """The learned representations of a run's test samples, for the report's t-SNE figure.
 
 After each task of ``report.tsne_after`` the engine stores z_joint and every modality's z_k of
-the test samples of the tasks seen so far in ``RUN_DIR/representations.npz`` (float16, a few
-hundred kB for the default run), so that ``mmcl report RUN_DIR --tsne`` draws them without the
+the test samples of the tasks seen so far in ``RUN_DIR/representations.npz`` (float16, 0.8 MB
+for the default run), so that ``mmcl report RUN_DIR --tsne`` draws them without the
 model. Arrays, per stored task t (1-based): ``after<t>.joint``, ``after<t>.<modality>``
 (n, dim_z), ``after<t>.label`` (class index), ``after<t>.task`` (the 1-based task each
 sample belongs to); and ``classes`` (class names), ``modalities``.
