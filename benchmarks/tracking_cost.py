@@ -1,7 +1,7 @@
 """What TensorBoard logging (log.tensorboard, on by default) costs a run.
 
     .venv/bin/python benchmarks/tracking_cost.py                 # 3 pairs, small tuxpaint config
-    .venv/bin/python benchmarks/tracking_cost.py --pairs 2 --out benchmarks/results/tracking_cost.json
+    .venv/bin/python benchmarks/tracking_cost.py --pairs 2 --off-first run.threads=1
 
 In ONE process, the same small run (the real tuxpaint encoders, train.epochs=1,
 data.tuxpaint.max_stamps_per_class=6, the paper's method) is trained --pairs times with
@@ -38,8 +38,10 @@ def one_run(on: bool, folder: Path, extra: list[str]) -> dict:
     cfg = build_config("tuxpaint", [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in SMALL.items()]
                        + extra + [f"log.tensorboard={'true' if on else 'false'}"])
     exp = Experiment(cfg, folder / ("on" if on else "off"))
+    cpu = time.process_time()
     results = exp.run(fresh=True)
     return {"tensorboard": on, "train_time_s": results["train_time_s"], "tracker_s": round(exp.tracker.seconds, 4),
+            "process_cpu_s": round(time.process_time() - cpu, 2),
             "acc_last": results["metrics"]["acc_last"],
             "event_bytes": sum(p.stat().st_size for p in (exp.run_dir / "tb").glob("*")) if on else 0}
 
@@ -47,6 +49,7 @@ def one_run(on: bool, folder: Path, extra: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--off-first", action="store_true", help="start with a run without TensorBoard")
     ap.add_argument("--out", default="benchmarks/results/tracking_cost.json")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides (both sides)")
     args = ap.parse_args(argv)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mmcl-tracking-") as tmp:
         for i in range(args.pairs):
-            for on in ((True, False) if i % 2 == 0 else (False, True)):
+            for on in ((True, False) if (i + args.off_first) % 2 == 0 else (False, True)):
                 runs.append(one_run(on, Path(tmp), extra))
                 print(json.dumps(runs[-1]), flush=True)
     on_t = [r["train_time_s"] for r in runs if r["tensorboard"]]
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/tracking_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {**SMALL, **dict(o.split("=", 1) for o in extra)},
         "ratio_median_on_over_off": round(statistics.median(on_t) / statistics.median(off_t), 4),
+        "ratio_median_cpu_on_over_off": round(
+            statistics.median(r["process_cpu_s"] for r in runs if r["tensorboard"])
+            / statistics.median(r["process_cpu_s"] for r in runs if not r["tensorboard"]), 4),
         "tracker_share_of_training": round(sum(r["tracker_s"] for r in runs if r["tensorboard"]) / sum(on_t), 5),
         "runs": runs, "wall_s": round(time.time() - t0, 1),
         "environment": {"mmcl": mmcl.__version__, "torch": torch.__version__, "python": platform.python_version(),
