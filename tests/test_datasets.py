@@ -142,6 +142,8 @@ def test_ave_prepares_and_trains_from_the_release_layout(tmp_path, caplog):
     missing = len(data) - len(written)
     assert missing > 100 and len(data.info["missing_files"]) == missing == len(data.excluded)
     assert len(data.unreadable) == missing  # each missing mp4 counted once (video and its audio track)
+    # on_missing=skip is set: the messages of the left-out samples do not advise setting it
+    assert all("on_missing" not in m and "left out" in m for m in data.unreadable), data.unreadable[0]
     splits = data.split(0)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]  # the shipped split, not the seed's
     i0 = next(r["index"] for r in data.records if r["id"] == vid0)
@@ -176,6 +178,7 @@ def test_corrupt_video_is_named_or_skipped_and_counted(tmp_path, monkeypatch):
     # the corrupt file is left out with the missing ones; its video and audio track count once
     assert kept_ids(data) == sorted(v for v, _, _ in written if v != written[3][0])
     assert len([m for m in data.unreadable if str(bad) in m]) == 1
+    assert "on_missing" not in next(m for m in data.unreadable if str(bad) in m)
     listed = json.loads((data.folder / "unreadable_video.json").read_text())
     assert sum(str(bad) in m for m in listed.values()) == 1
 
@@ -194,7 +197,9 @@ def test_kinetics_sounds_reads_kinetics_file_names(tmp_path):
                           "data.on_missing": "skip"})
     # `mmcl prepare --root` remembers the folder; `mmcl run` then finds it without data.root
     args = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in o.items()]
-    assert cli_main(["prepare", "kinetics-sounds", *args, "--root", str(tmp_path / "ks"), "--workers", "1"]) == 0
+    # (options and key=value overrides in any order)
+    assert cli_main(["prepare", "kinetics-sounds", "--root", str(tmp_path / "ks"), *args[:2], "--workers", "1",
+                     *args[2:]]) == 0
     results = mmcl.run("kinetics-sounds", o, run_dir=tmp_path / "run")
     assert len(results["accuracy_matrix"]) == 2
     cfg, data = prepared("kinetics-sounds", o)

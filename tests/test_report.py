@@ -95,8 +95,10 @@ def test_write_report_full(tmp_path):
     assert '<img src="accuracy_matrix.png"' in page and '<img src="expert_usage.png"' in page
     assert page.lstrip().startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "<script" not in page and "http://" not in page and "https://" not in page
-    # frozen experts of task 2, block 1: expert (1 + 1) % 10 = 2
-    assert "b1: 2" in md
+    # frozen experts of task 2, block 2 (index 1): expert id (1 + 1) % 10 = 2, shown as expert 3;
+    # blocks and experts are numbered from 1, as in the log
+    assert "b2: 3" in md and "block 1: frozen experts" in md
+    assert "block 0" not in md and "b0:" not in md
 
 
 def test_write_report_overwrites(tmp_path):

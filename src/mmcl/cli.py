@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core, at most 8)")
     rep = sub.add_parser("report", help="(re)write a run folder's plots and report")
     rep.add_argument("run_dir")
+    rep.add_argument("--tsne", action="store_true",
+                     help="also draw the t-SNE of the stored representations (tsne.png; needs scikit-learn), "
+                          "whatever the run's report.tsne")
     cmp_ = sub.add_parser("compare", help="table of several runs: mean ± std over seeds per method/variant",
                           description="Group finished runs across seeds and print a Markdown table "
                                       "(acc_last, acc_avg_incremental, forgetting, bwt as mean ± std over "
@@ -61,7 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("preset", nargs="?")
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.add_argument("--reference", action="store_true", help="print every key as a Markdown table")
+    p.subcommands = sub.choices  # name -> its parser (parse_args)
     return p
+
+
+def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Options, positionals and key=value overrides in any order for every subcommand
+    (``mmcl prepare ave --root DIR data.on_missing=skip``): the subcommand's own parser reads
+    the rest of the line with parse_intermixed_args."""
+    parser = parser or _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in parser.subcommands:
+        args = parser.subcommands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)  # (help, or an unknown subcommand's error)
 
 
 def _rank() -> int:
@@ -69,7 +86,7 @@ def _rank() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     if _rank() != 0:  # under torchrun only rank 0 reports progress
         level = logging.WARNING
@@ -124,7 +141,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "report":
         from mmcl.report import write_report
-        for path in write_report(args.run_dir):
+        for path in write_report(args.run_dir, tsne=True if args.tsne else None):
             print(path)
         return 0
     if args.command == "compare":
@@ -160,7 +177,8 @@ def _dispatch(args) -> int:
     results = exp.run(fresh=args.fresh)
     if _rank() == 0:
         print(format_metrics_table(results))
-        print(f"run folder: {exp.run_dir}")
+        report = exp.run_dir / "report.html"
+        print(f"run folder: {exp.run_dir}" + (f" (report: {report})" if report.exists() else ""))
     return 0
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import platform
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,10 @@ from mmcl.encoders import build_encoder
 from mmcl.io import CheckpointStore, atomic_write_text, write_json, write_jsonl
 from mmcl.methods.base import Method
 from mmcl.model.mmencoder import MMModel
+from mmcl.representations import REPRESENTATIONS_FILE, store_test_representations, tasks_to_store
 from mmcl.resume import Interrupted, Progress, ResumableRun, TrainingError, kill_point
 from mmcl.scenarios import Scenario, build_scenario
+from mmcl.tracking import TB_DIR, Tracker
 from mmcl.version import __version__
 
 __all__ = ["Experiment", "Interrupted", "TrainingError", "default_run_name", "resolve_device"]
@@ -95,6 +98,9 @@ class Experiment(ResumableRun):
         self._stop_signal: int | None = None
         self._saved_at: tuple | None = None
         self._session_start = time.perf_counter()
+        self.tracker = Tracker(cfg.log, self.run_dir, self.run_dir.name, self.cfg_dict, enabled=False)
+        self._step_offsets: dict[int, int] = {}
+        self.tsne_tasks = tasks_to_store(cfg.report.tsne_after, len(self.scenario.tasks))
 
     # -- helpers --------------------------------------------------------------------------------
     def autocast(self):
@@ -135,6 +141,14 @@ class Experiment(ResumableRun):
     def steps_per_epoch(self, t: int) -> int:
         return math.ceil(len(self.method.train_indices(t)) / self.cfg.train.batch_size)
 
+    def global_step(self) -> int:
+        """Training steps finished in the whole run (the x axis of the tracker's curves)."""
+        p = self.progress
+        t = min(p.task, len(self.scenario.tasks))
+        if t not in self._step_offsets:
+            self._step_offsets[t] = sum(self.cfg.train.epochs * self.steps_per_epoch(i) for i in range(t))
+        return self._step_offsets[t] + (p.task_steps if p.begun and p.task == t else 0)
+
     # -- the loop -------------------------------------------------------------------------------
     def train_task(self, t: int) -> dict:
         """Train task t from where the progress stands (the start, or a resumed position),
@@ -149,6 +163,8 @@ class Experiment(ResumableRun):
             self.epoch_loader_state = None
         while p.epoch < cfg.train.epochs:
             self._train_epoch(t)
+            if self.model.adapters:
+                self.tracker.routing(self.global_step(), [a.usage_share().tolist() for a in self.model.adapters])
             p.epoch, p.step = p.epoch + 1, 0
             self.epoch_loader_state = None
             self._account_time()
@@ -189,6 +205,7 @@ class Experiment(ResumableRun):
                     + f". Lower train.lr or check the input data; {kept}, and results of finished tasks "
                     f"in {self.run_dir / 'metrics.jsonl'}. Resuming with the same config repeats this "
                     "step; start over with --fresh after a change.")
+            lr = self.opt.param_groups[0]["lr"]
             self.opt.zero_grad(set_to_none=True)
             if loss.requires_grad:  # a data-parallel rank with no rows in this step has no graph
                 loss.backward()
@@ -199,8 +216,10 @@ class Experiment(ResumableRun):
             self.sched.step()
             p.step += 1
             p.task_steps += 1
-            for k, v in terms.items():
-                p.loss_sums[k] = p.loss_sums.get(k, 0.0) + float(v.detach())
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                p.loss_sums[k] = p.loss_sums.get(k, 0.0) + v
+            self.tracker.step(self.global_step(), values, lr)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             kill_point("step", self.dist.rank, task=t + 1, epoch=p.epoch + 1, step=p.step)
             if p.step < len(batches):  # the epoch's end writes its own checkpoint
@@ -245,12 +264,14 @@ class Experiment(ResumableRun):
         try:
             with self._signals():
                 results = self._run(fresh)
+            self.tracker.close()
             # Every rank leaves together: gloo aborted now and then ("terminate called without an
             # active exception") when one rank tore the group down while the other was still
             # writing the run's reports. Not on errors: a failed rank would leave the others waiting.
             self.dist.barrier()
             return results
         finally:
+            self.tracker.close()
             self.dist.destroy()
 
     def _run(self, fresh: bool) -> dict:
@@ -264,6 +285,8 @@ class Experiment(ResumableRun):
                 self.store.clear()
                 for f in self.run_dir.glob("fitted_*.safetensors"):  # encoders.<m>.<kind>.fit: fit again
                     f.unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / TB_DIR, ignore_errors=True)  # the tracker's and t-SNE's files
+                (self.run_dir / REPRESENTATIONS_FILE).unlink(missing_ok=True)
             self._on_main("clear the run folder's checkpoints", clear)
         else:
             loaded = self._read_checkpoint()
@@ -288,18 +311,28 @@ class Experiment(ResumableRun):
                  self.prepare_time_s, f", {self.dist.world_size} processes" if self.dist.enabled else "")
         # rank 0 decides: other machines need not see the run folder
         if p.task >= T and self.dist.all_max_int(int(self.dist.is_main and results_path.exists()), self.device):
-            log.info("run %s is already complete (use --fresh to start over)", self.run_dir)
             if not self.dist.is_main:
                 return self._results()
             results = json.loads(results_path.read_text(encoding="utf-8"))
             if not (self.run_dir / "report.html").exists():
                 self._write_report()
+            log.info("run %s is already complete (finished %s; use --fresh to start over); its results "
+                     "follow, its report is %s", self.run_dir, results.get("finished", "?"),
+                     self.run_dir / "report.html")
             return results
+        self.tracker = Tracker(cfg.log, self.run_dir, self.run_dir.name, self.cfg_dict, enabled=self.dist.is_main,
+                               purge_step=self.global_step() + 1 if loaded is not None else None)
+        if loaded is None:
+            self.tracker.start(to_yaml(cfg))
         self._session_start = time.perf_counter()
         while p.task < T:
             t = p.task
             train_losses = self.train_task(t)
             record = self.evaluate_task(t, train_losses)
+            self.tracker.task_end(self.global_step(), record, self.method.summary())
+            if t + 1 in self.tsne_tasks:
+                self._on_main("write representations.npz", lambda: store_test_representations(
+                    self.run_dir, self.method, self.scenario.tasks, self.data, t))
             self._on_main("write metrics.jsonl", lambda: write_jsonl(metrics_path, p.records))
             self._check_replicas(t)
             p.task, p.begun, p.epoch, p.step = t + 1, False, 0, 0
@@ -314,6 +347,7 @@ class Experiment(ResumableRun):
         if cfg.run.save_checkpoint:
             self._on_main("write the final checkpoint", lambda: self.save(self.run_dir / "checkpoints" / "final"))
         self._on_main("write results.json", lambda: write_json(results_path, results))
+        self.tracker.finish(self.global_step(), results["metrics"], p.train_elapsed_s)
         if self.dist.is_main:
             self._write_report()
         return results

@@ -2,8 +2,8 @@
 
 Each function builds a matplotlib Figure from ``results.json``'s contents and returns it
 (mmcl.report saves it). Figures use matplotlib's Agg canvas directly (no pyplot), so the
-caller's backend and global state are left alone. Tasks are numbered from 1; expert ids and
-blocks keep their 0-based ids as recorded.
+caller's backend and global state are left alone. Tasks, blocks and experts are numbered from
+1, as in the log and the report (results.json stores them as 0-based list positions).
 """
 from __future__ import annotations
 
@@ -103,9 +103,9 @@ def expert_usage_figure(results: dict) -> Figure:
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.2)
         ax.set_ylim(0, ymax * 1.15 if ymax > 0 else 1.0)
-        ax.set_ylabel(f"block {b}\nusage share")
+        ax.set_ylabel(f"block {b + 1}\nusage share")
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xticks(x, [str(e) for e in range(E)])
+    axes[-1].set_xticks(x, [str(e + 1) for e in range(E)])
     axes[-1].set_xlabel("expert")
 
     # Legend: tasks, then the meaning of hatching and of the dashed line.
@@ -124,3 +124,55 @@ def expert_usage_figure(results: dict) -> Figure:
     return fig
 
 
+
+
+_MARKERS = "os^Dv<>PX*hp"
+
+
+def _class_colors(n: int):
+    import matplotlib
+    if n <= 10:
+        return matplotlib.colormaps["tab10"](np.arange(n))
+    if n <= 20:
+        return matplotlib.colormaps["tab20"](np.arange(n))
+    return matplotlib.colormaps["hsv"](np.linspace(0, 1, n, endpoint=False))
+
+
+def tsne_figure(rows: list[dict], title: str) -> Figure:
+    """t-SNE of the test samples' representations (mmcl.representations.tsne_panels): one row
+    per stored task; left z_joint, coloured by class and marked by the task the sample belongs
+    to; right every modality's z_k embedded together, coloured by class, marked by modality."""
+    from matplotlib.lines import Line2D
+
+    n_classes = max([len(r["classes"]) for r in rows] + [int(r["label"].max()) + 1 for r in rows])
+    colors = _class_colors(n_classes)
+    fig = _new_figure(13.0, 5.2 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for r, (ax_j, ax_m) in zip(rows, axes):
+        tasks = sorted({int(x) for x in r["task"]})
+        for k, t in enumerate(tasks):
+            sel = r["task"] == t
+            ax_j.scatter(r["joint"][sel, 0], r["joint"][sel, 1], c=colors[r["label"][sel]], s=14,
+                         marker=_MARKERS[k % len(_MARKERS)], linewidths=0.2, edgecolors="black", alpha=0.85)
+        ax_j.set_title(f"z_joint after task {r['after']} (marker: task)", fontsize=10)
+        if r["mod_xy"] is not None:
+            for k in range(len(r["modalities"])):
+                sel = r["mod_index"] == k
+                ax_m.scatter(r["mod_xy"][sel, 0], r["mod_xy"][sel, 1], c=colors[r["mod_label"][sel]], s=12,
+                             marker=_MARKERS[k % len(_MARKERS)], linewidths=0.2, edgecolors="black", alpha=0.8)
+        ax_m.set_title(f"per-modality z_k after task {r['after']} (marker: modality)", fontsize=10)
+        for ax in (ax_j, ax_m):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        handles = [Line2D([], [], linestyle="", marker=_MARKERS[k % len(_MARKERS)], color="grey",
+                          label=f"task {t}") for k, t in enumerate(tasks)]
+        ax_j.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)
+        handles = [Line2D([], [], linestyle="", marker=_MARKERS[k % len(_MARKERS)], color="grey", label=m)
+                   for k, m in enumerate(r["modalities"])]
+        ax_m.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)
+    names = rows[0]["classes"] or [str(c) for c in range(n_classes)]
+    handles = [Line2D([], [], linestyle="", marker="o", color=colors[c], label=names[c] if c < len(names) else c)
+               for c in range(n_classes)]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="class", title_fontsize=8)
+    fig.suptitle(f"t-SNE of the test samples' representations: {title}", fontsize=11)
+    return fig

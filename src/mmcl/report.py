@@ -10,19 +10,23 @@ for the terminal.
 
 Reading results.json and the shared numbers live in mmcl.results, the figures in mmcl.plots,
 the comparison of several runs (``mmcl compare``) in mmcl.compare, which renders with
-``render_markdown`` and writes with ``write_text`` from here. Tasks are numbered from 1 in
-everything shown to people; expert ids and blocks keep their 0-based ids as recorded.
+``render_markdown`` and writes with ``write_text`` from here. Tasks, blocks and experts are
+numbered from 1 in everything shown to people, as in the log (results.json keeps 0-based list
+positions: ``frozen_experts[t][b]`` lists expert ids from 0).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import html
+import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .metrics import DEFINITIONS, SCALAR_METRICS
-from .plots import accuracy_matrix_figure, expert_usage_figure
+from .plots import accuracy_matrix_figure, expert_usage_figure, tsne_figure
+from .representations import REPRESENTATIONS_FILE, load_representations, tsne_available, tsne_panels
 from .results import (
     accuracy_matrix,
     freeze_threshold,
@@ -36,6 +40,7 @@ from .results import (
 
 ACC_PNG = "accuracy_matrix.png"
 USAGE_PNG = "expert_usage.png"
+TSNE_PNG = "tsne.png"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 
@@ -76,7 +81,7 @@ def _task_label(task: Any) -> str:
 
 
 def _frozen_text(ids: Any) -> str:
-    return ", ".join(str(e) for e in ids) if ids else "none"
+    return ", ".join(str(e + 1) for e in ids) if ids else "none"
 
 
 def _align(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
@@ -200,13 +205,13 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
         th = freeze_threshold(results)
         if th is not None:
             blocks.append(("p", f"Experts whose usage share exceeds the threshold {th:g} "
-                                "are frozen after a task. Expert and block ids start at 0."))
+                                "are frozen after a task. Tasks, blocks and experts are numbered from 1."))
         frozen = results.get("frozen_experts") or []
         if frozen:
             nb = max(len(f) for f in frozen)
             rows = [[str(t + 1)] + [_frozen_text(f[b]) if b < len(f) else "" for b in range(nb)]
                     for t, f in enumerate(frozen)]
-            blocks.append(("table", ["after task"] + [f"block {b}: frozen experts"
+            blocks.append(("table", ["after task"] + [f"block {b + 1}: frozen experts"
                                                       for b in range(nb)], rows))
         if USAGE_PNG in images:
             blocks.append(("img", images[USAGE_PNG], "Expert usage per task and block"))
@@ -219,6 +224,16 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
                             "with the mutual information and, in brackets, its value expected without any "
                             "dependence at these counts. Blocks and tasks are numbered from 1."))
         blocks.append(("table", *routing))
+    if TSNE_PNG in images or images.get("tsne_note"):
+        blocks.append(("h2", "Representations (t-SNE)"))
+        blocks.append(("p", images.get("tsne_note") or
+                       "2-D t-SNE (scikit-learn) of the test samples of the tasks seen so far, after the "
+                       "tasks in report.tsne_after. Left: the joint representation z_joint, coloured by "
+                       "class, marked by the task the sample belongs to. Right: every modality's z_k "
+                       "embedded together, coloured by class, marked by modality; L_align pulls a "
+                       "sample's z_k towards its z_joint."))
+        if TSNE_PNG in images:
+            blocks.append(("img", images[TSNE_PNG], "t-SNE of z_joint and of the per-modality z_k"))
     return blocks
 
 
@@ -246,7 +261,7 @@ def _task_table(results: dict, T: int) -> tuple[list[str], list[list[str]]]:
                _duration(times[t]) if t < len(times) else "n/a",
                pct(val[t]) if t < len(val) else "n/a"]
         if frozen:
-            row.append("; ".join(f"b{b}: {_frozen_text(ids)}" for b, ids in enumerate(frozen[t]))
+            row.append("; ".join(f"b{b + 1}: {_frozen_text(ids)}" for b, ids in enumerate(frozen[t]))
                        if t < len(frozen) else "")
         rows.append(row)
     return header, rows
@@ -314,8 +329,32 @@ def _render_html(blocks: list[tuple], title: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-def write_report(run_dir: str | Path) -> list[Path]:
-    """Write the figures and report.md / report.html of ``run_dir``; return the paths written."""
+def _tsne(run_dir: Path, results: dict, tsne: bool | None, images: dict[str, str]) -> list[Path]:
+    """tsne.png from representations.npz: always when ``tsne`` (errors say what is missing),
+    never when False, and when None as the run's report.tsne says, if scikit-learn is there."""
+    wanted = tsne if tsne is not None else bool(((results.get("config") or {}).get("report") or {}).get("tsne"))
+    arrays = load_representations(run_dir) if wanted else None
+    if not wanted or (arrays is None and tsne is None):
+        return []
+    if arrays is None:
+        raise FileNotFoundError(f"no {REPRESENTATIONS_FILE} in {run_dir}: the run stored no representations "
+                                "(report.tsne_after was empty, or the run predates them); run it again with "
+                                "report.tsne_after=[-1] --fresh")
+    if tsne is None and not tsne_available():
+        images["tsne_note"] = ("No t-SNE figure: scikit-learn is not installed (pip install 'mmcl[tsne]', then "
+                               f"`mmcl report {run_dir} --tsne`).")
+        return []
+    t0 = time.perf_counter()
+    fig = tsne_figure(tsne_panels(arrays, int(results.get("seed") or 0)), run_title(results))
+    images[TSNE_PNG] = TSNE_PNG
+    path = _save_figure(fig, run_dir / TSNE_PNG)
+    logging.getLogger("mmcl").info("t-SNE figure of %s in %.1f s", run_dir, time.perf_counter() - t0)
+    return [path]
+
+
+def write_report(run_dir: str | Path, tsne: bool | None = None) -> list[Path]:
+    """Write the figures and report.md / report.html of ``run_dir``; return the paths written.
+    ``tsne``: draw tsne.png (True), not (False), or as the run's report.tsne says (None)."""
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     written: list[Path] = []
@@ -326,6 +365,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if _has_expert_usage(results):
         written.append(_save_figure(expert_usage_figure(results), run_dir / USAGE_PNG))
         images[USAGE_PNG] = USAGE_PNG
+    written += _tsne(run_dir, results, tsne, images)
 
     blocks = _report_blocks(results, images)
     md = render_markdown(blocks)

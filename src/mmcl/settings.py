@@ -260,6 +260,26 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = setting("write TensorBoard event files to the run folder's tb/ (loss terms and learning rate "
+                                "per step, accuracies, metrics, expert usage per task; `tensorboard --logdir "
+                                "RUN_DIR/tb`); costs well under 2 % of a run (docs/tracking.md)", True)
+    every: int = setting("write the per-step scalars every this many training steps", 1, minimum=1)
+    wandb: bool = setting("also log the same values to Weights & Biases when the wandb package is installed "
+                          "(pip install 'mmcl[wandb]'); without it, a warning and nothing else", False)
+    wandb_project: str = setting("W&B project name (log.wandb=true)", "mmcl")
+
+
+@dataclass
+class ReportConfig:
+    tsne_after: list[int] = setting("after these tasks (1-based; -1 = the last) save z_joint and every z_k of the "
+                                    "test samples of the tasks seen so far to representations.npz, for the t-SNE "
+                                    "figure; empty: none", factory=lambda: [-1])
+    tsne: bool = setting("draw the t-SNE figure (tsne.png; needs scikit-learn: pip install 'mmcl[tsne]') in the "
+                         "report written at the end of a run; `mmcl report RUN_DIR --tsne` draws it any time", True)
+
+
+@dataclass
 class MethodConfig:
     """``method.name``; each registered method with settings adds its section ``method.<name>``
     (mmcl.config assembles them)."""
@@ -282,3 +302,5 @@ class Config:
     train: TrainConfig = setting("optimisation", factory=TrainConfig)
     eval: EvalConfig = setting("evaluation", factory=EvalConfig)
     method: MethodConfig = setting("method", factory=MethodConfig)
+    log: LogConfig = setting("experiment tracking (TensorBoard, W&B)", factory=LogConfig)
+    report: ReportConfig = setting("the run's report (t-SNE of the representations)", factory=ReportConfig)

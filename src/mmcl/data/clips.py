@@ -156,6 +156,12 @@ class ClipDataset:
         return records, sources
 
     def hints(self) -> tuple[str, str]:
+        """(missing, corrupt) advice; with data.on_missing=skip already set, the sample is left
+        out, and the advice only says how to get it back."""
+        if self.data.on_missing == "skip":
+            return ("The sample is left out; restore the file to use it.",
+                    f"The file is corrupt or unreadable; the sample is left out. Replace the file from the "
+                    f"{self.registered_name} release to use it.")
         return ("Restore it, or run with data.on_missing=skip to leave the sample out.",
                 f"The file is corrupt or unreadable: replace it from the {self.registered_name} release, "
                 "or run with data.on_missing=skip to leave the sample out (counted).")

@@ -44,6 +44,10 @@ MODALITIES = tuple(MODALITY_TYPES)
 HINTS = ("Restore the file, fix its path in the manifest (paths are relative to the manifest's "
          "folder), or run with data.on_missing=skip to leave such rows out.",
          "The file is corrupt or unreadable: replace it, or remove its row from the manifest.")
+# With data.on_missing=skip already set: the row is left out; say only how to get it back.
+SKIP_HINTS = ("The row is left out; restore the file or fix its path in the manifest (paths are relative "
+              "to the manifest's folder) to use it.",
+              "The file is corrupt or unreadable; the row is left out. Replace the file to use it.")
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -178,15 +182,16 @@ class Manifest:
 
     def decoder(self, modality: str) -> Callable | None:
         kind = MODALITY_TYPES.get(modality)
+        hints = SKIP_HINTS if self.data.on_missing == "skip" else HINTS
         if kind == "image":
-            return functools.partial(decode_png, hints=HINTS)
+            return functools.partial(decode_png, hints=hints)
         if kind == "audio":
             return functools.partial(decode_ogg, sample_rate=self.data.sample_rate,
-                                     max_seconds=self.data.max_speech_seconds, hints=HINTS)
+                                     max_seconds=self.data.max_speech_seconds, hints=hints)
         if kind == "video":
-            return functools.partial(decode_clip, frames=self.data.video_frames, hints=HINTS)
+            return functools.partial(decode_clip, frames=self.data.video_frames, hints=hints)
         if kind == "sensor":
-            return functools.partial(decode_sensor_table, hints=HINTS)
+            return functools.partial(decode_sensor_table, hints=hints)
         if kind == "text":
             return None
         raise DataError(f"the manifest data set has no modality '{modality}' (it has {', '.join(MODALITIES)})")

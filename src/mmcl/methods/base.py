@@ -196,3 +196,18 @@ class Method:
         """Method-specific results for results.json (e.g. expert usage)."""
         return {}
 
+    @torch.no_grad()
+    def representations(self, idx: Tensor) -> dict[str, Tensor]:
+        """Eval-mode representations of samples ``idx`` on the CPU, in this process only:
+        "joint" (z_joint) and one z_k per modality, each (len(idx), dim_z). The report's t-SNE
+        draws them; a method whose representations are not the model's overrides this."""
+        was = self.model.training
+        self.model.eval()
+        parts: dict[str, list[Tensor]] = {}
+        for s in range(0, len(idx), self.cfg.eval.batch_size):
+            out = self.model(self.fetch(idx[s:s + self.cfg.eval.batch_size]))
+            for name, z in {"joint": out.z_joint, **out.z_mod}.items():
+                parts.setdefault(name, []).append(z.float().cpu())
+        self.model.train(was)
+        return {k: torch.cat(v) for k, v in parts.items()}
+

@@ -114,7 +114,9 @@ class CrossModalityAdapters(Method):
                 log.info("task %d: routing uniform-test p %s, class-dependence p %s", t + 1,
                          " ".join(f"{d['uniform_p']:.2g}" for d in diag), " ".join(
                              f"{d['class_p']:.2g}" if d["class_p"] is not None else "-" for d in diag))
-            log.info("task %d: frozen experts per block %s", t + 1, frozen)
+            log.info("task %d: frozen experts (numbered from 1) per block: %s", t + 1,
+                     "; ".join(f"block {b + 1}: {', '.join(str(e + 1) for e in ids) or 'none'}"
+                               for b, ids in enumerate(frozen)))
 
     def _update_memory(self, t: int) -> None:
         self.update_balanced_memory(self.memory, t)
