@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mmcl import metrics, registry
 from mmcl.config import Config, to_dict, to_yaml
+from mmcl.data.features import pooled_features
 from mmcl.data.prepared import PreparedData, prepare
 from mmcl.distributed import from_env, shard_bounds
 from mmcl.encoders import build_encoder
@@ -135,6 +136,23 @@ class Experiment(ResumableRun):
     def steps_per_epoch(self, t: int) -> int:
         return math.ceil(len(self.method.train_indices(t)) / self.cfg.train.batch_size)
 
+    def _serve_features(self) -> None:
+        """With model.cached_features, a model that sees the samples only through their pooled
+        frozen features (MMModel.frozen_features: no adapters, no prompter) is served those,
+        computed once per data set and encoder configuration (mmcl.data.features)."""
+        if not (self.cfg.model.cached_features and self.model.frozen_features):
+            return
+        t0 = time.perf_counter()
+        fitted = frozenset(m for m, e in self.model.encoders.items() if e.fit_on_first_task)
+        if self.dist.local_rank != 0:  # one process per machine computes and writes the file
+            self.dist.barrier()
+        table = pooled_features(self.data, self.model.encoders, self.device, self.cfg.eval.batch_size,
+                                self.model.length_chunks, fitted)
+        if self.dist.enabled and self.dist.local_rank == 0:
+            self.dist.barrier()
+        self.data.serve_features(table)
+        self.prepare_time_s += time.perf_counter() - t0
+
     # -- the loop -------------------------------------------------------------------------------
     def train_task(self, t: int) -> dict:
         """Train task t from where the progress stands (the start, or a resumed position),
@@ -156,7 +174,7 @@ class Experiment(ResumableRun):
             kill_point("epoch_end", self.dist.rank, task=t + 1, epoch=p.epoch)
             self._check_stop()
         self.model.eval()
-        self.method.end_task(t)
+        self.method.finish_task(t)
         self._account_time()
         p.task_train_s = p.task_elapsed_s
         kill_point("end_task", self.dist.rank, task=t + 1)
@@ -282,6 +300,7 @@ class Experiment(ResumableRun):
             self._on_main("write the run folder", start)
         p = self.progress
         self._fit_encoders()
+        self._serve_features()
         self._on_main("write metrics.jsonl", lambda: write_jsonl(metrics_path, p.records))
         log.info("run %s: %d tasks, %s-incremental, modalities %s, %d/%d/%d samples (prepared in %.1fs)%s",
                  self.run_dir, T, self.scenario.kind, ",".join(cfg.data.modalities),
