@@ -252,7 +252,7 @@ class MethodConfig:
     """``method.name``; each registered method with settings adds its section ``method.<name>``
     (mmcl.config assembles them)."""
     name: str = setting("registered method ('cma': the paper's method; baselines: finetune, joint, er, lwf, ewc, "
-                    "derpp, icarl, l2p, dualprompt, codaprompt; `mmcl list`)", "cma")
+                    "derpp, icarl, l2p, dualprompt, codaprompt, simplecil, ranpac, slca; `mmcl list`)", "cma")
 
 
 @dataclass
