@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mmcl import metrics, registry
 from mmcl.config import Config, to_dict, to_yaml
+from mmcl.data.features import serve_features
 from mmcl.data.prepared import PreparedData, prepare
 from mmcl.distributed import from_env, shard_bounds
 from mmcl.encoders import build_encoder
@@ -172,7 +173,7 @@ class Experiment(ResumableRun):
             kill_point("epoch_end", self.dist.rank, task=t + 1, epoch=p.epoch)
             self._check_stop()
         self.model.eval()
-        self.method.end_task(t)
+        self.method.finish_task(t)
         self._account_time()
         p.task_train_s = p.task_elapsed_s
         kill_point("end_task", self.dist.rank, task=t + 1)
@@ -304,6 +305,7 @@ class Experiment(ResumableRun):
             self._on_main("write the run folder", start)
         p = self.progress
         self._fit_encoders()
+        self.prepare_time_s += serve_features(self.cfg, self.model, self.data, self.dist, self.device)
         self._on_main("write metrics.jsonl", lambda: write_jsonl(metrics_path, p.records))
         log.info("run %s: %d tasks, %s-incremental, modalities %s, %d/%d/%d samples (prepared in %.1fs)%s",
                  self.run_dir, T, self.scenario.kind, ",".join(cfg.data.modalities),

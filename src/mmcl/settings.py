@@ -164,6 +164,14 @@ class ModelConfig:
     pool: str = setting("token pooling before projection: 'mean' (over valid tokens)", "mean", choices=('mean',))
     input_norm: bool = setting("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
     adapters: bool = setting("cross-modality adapters after every block; false = frozen features only", True)
+    cached_features: bool = setting(
+        "a model without adapters and prompts trains and evaluates from each sample's pooled frozen features, "
+        "computed once per data set and encoder configuration and cached beside the prepared data (exact up "
+        "to rounding); false runs the frozen blocks in every step", True)
+    weight_align: bool = setting(
+        "WA head correction (Zhao et al., 2020), for every method with a growing head: after each "
+        "class-incremental task from task 2 on, the new classes' classifier rows are rescaled to the old "
+        "rows' mean norm", False)
     length_chunks: int = setting("skip padding: a batch's rows run in up to this many groups of similar length "
                              "(by the most padded modality), and each encoder block's rows in up to this "
                              "many groups by that modality's own lengths, each group trimmed to its "
@@ -284,7 +292,7 @@ class MethodConfig:
     """``method.name``; each registered method with settings adds its section ``method.<name>``
     (mmcl.config assembles them)."""
     name: str = setting("registered method ('cma': the paper's method; baselines: finetune, joint, er, lwf, ewc, "
-                    "derpp, icarl, l2p, dualprompt, codaprompt; `mmcl list`)", "cma")
+                    "derpp, icarl, l2p, dualprompt, codaprompt, simplecil, ranpac, slca; `mmcl list`)", "cma")
 
 
 @dataclass

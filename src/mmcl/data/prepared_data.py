@@ -38,6 +38,7 @@ class PreparedData:
         self.fractions = list(fractions)
         self._split_fn = split_fn
         self.timings: dict[str, float] = {}
+        self.features: dict[str, torch.Tensor] | None = None  # served pooled features (serve_features)
         self.excluded: set[int] = set()  # samples with an unreadable file (exclude_unreadable)
         self.unreadable: list[str] = []
         self.labels = torch.tensor([r["label"] for r in self.records], dtype=torch.long)
@@ -75,6 +76,7 @@ class PreparedData:
 
     def reencode(self, m: str, enc, chunk: int = 256) -> None:
         """After enc changed (encoders.<m>.fit): recompute m's cached prefix tokens in memory."""
+        self.features = None  # computed with the old encoder
         if self.use_prefix:
             self.tensors[m] = prepare_prefix(enc, self.inputs(m), m, chunk, show=False)
             self._index_lengths(m)
@@ -124,27 +126,49 @@ class PreparedData:
 
     def batch(self, idx) -> dict[str, Any]:
         """Samples idx -> {mod: {"tokens": float32 (b, N, D), "mask": bool (b, N) or None}}
-        (prefix cached) or {mod: {input key: tensor}}, plus "label", "domain", "index".
-        Masked modalities are trimmed to the longest valid sample in the batch."""
+        (prefix cached) or {mod: {input key: tensor}}, or {mod: {"pooled": float32 (b, D)}}
+        while ``serve_features`` is on, plus "label", "domain", "index". Masked modalities are
+        trimmed to the longest valid sample in the batch."""
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         out: dict[str, Any] = {}
         for m in self.modalities:
             rows = self.rows[m].index_select(0, idx)
-            lengths = self._lengths[m]
-            n = max(int(lengths.index_select(0, rows).max()), 1) if lengths is not None and len(rows) else None
-            item = {}
-            for k, t in self.tensors[m].items():
-                if n is not None and k in self._trim_keys[m]:
-                    t = t[:, :n]  # slice the view first: only b x n rows are copied
-                v = t.index_select(0, rows)
-                item[k] = v.float() if k == "tokens" else v
-            if self.use_prefix:
-                item.setdefault("mask", None)  # the encoder gave none: every token is real
-            out[m] = item
+            if self.features is not None:
+                out[m] = {"pooled": self.features[m].index_select(0, rows).float()}
+            else:
+                out[m] = self.row_item(m, rows)
         out["label"] = self.labels.index_select(0, idx)
         out["domain"] = self.domain_ids.index_select(0, idx)
         out["index"] = idx.clone()
         return out
+
+    def row_item(self, m: str, rows: torch.Tensor) -> dict[str, Any]:
+        """Modality m's cached tensors of ``rows`` (rows of its tensors, not sample indices), as
+        one entry of ``batch``: trimmed to the longest valid row, prefix tokens as float32."""
+        lengths = self._lengths[m]
+        n = max(int(lengths.index_select(0, rows).max()), 1) if lengths is not None and len(rows) else None
+        item = {}
+        for k, t in self.tensors[m].items():
+            if n is not None and k in self._trim_keys[m]:
+                t = t[:, :n]  # slice the view first: only b x n rows are copied
+            v = t.index_select(0, rows)
+            item[k] = v.float() if k == "tokens" else v
+        if self.use_prefix:
+            item.setdefault("mask", None)  # the encoder gave none: every token is real
+        return item
+
+    def num_rows(self, m: str) -> int:
+        return next(iter(self.tensors[m].values())).shape[0]
+
+    def serve_features(self, features: dict[str, torch.Tensor] | None) -> None:
+        """Serve {modality: (rows, D)} pooled frozen features (mmcl.data.features) instead of the
+        cached tensors from now on; None goes back to the tensors."""
+        if features is not None:
+            for m in self.modalities:
+                if features[m].shape[0] != self.num_rows(m):
+                    raise DataError(f"pooled {m} features have {features[m].shape[0]} rows, the cached "
+                                    f"tensors {self.num_rows(m)}: delete {self.folder} and prepare again")
+        self.features = features
 
     def split(self, seed: int, fractions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
         """{"train", "val", "test"} -> sample indices, fixed by seed (the data set's rule)."""

@@ -9,6 +9,8 @@ a method owns its losses and its memory.
                              indices of the current-task batch (the method fetches them, with
                              any memory samples, in one batch).
     end_task(t)              after training task t: freeze, update memory, store old outputs
+                             (the engine calls finish_task(t): the head corrections every
+                             method shares, model.weight_align, then end_task(t))
     predict(batch)           -> logits over the classes seen so far
     trainable_parameters()   what the optimiser of the current task updates
     stores()                 named memories / buffers that state() and load_state() include
@@ -26,6 +28,8 @@ is the run's process group (mmcl.distributed).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
@@ -37,6 +41,8 @@ from mmcl.model.mmencoder import MMModel, Output
 from mmcl.scenarios import Scenario
 from mmcl.settings import Config
 
+log = logging.getLogger(__name__)
+
 # The config defaults of the methods that run on frozen features only (no cross-modality adapters).
 ADAPTER_FREE = {"model": {"adapters": False}}
 
@@ -44,7 +50,11 @@ ADAPTER_FREE = {"model": {"adapters": False}}
 class Method:
     """Base class; subclasses register with @register_method(name, settings=..., defaults=...).
     ``self.settings`` is the method's own config section (``cfg.method.<name>``; None when the
-    method declares no settings)."""
+    method declares no settings). ``predicts_with_head``: the method's predictions are the
+    growing classifier's logits (False for prototype and ridge classifiers: a head correction
+    such as model.weight_align would change nothing, and is refused)."""
+
+    predicts_with_head = True
 
     def __init__(self, cfg: Config, model: MMModel, data: PreparedData, scenario: Scenario, device: torch.device):
         # cfg: the run's whole config (its type is assembled from the plug-ins at run time:
@@ -59,6 +69,14 @@ class Method:
         # Separate generator for the method's own sampling (memory batches, random selection).
         self.generator = torch.Generator().manual_seed(cfg.run.seed + 7919)
         self.dist = Dist()  # the engine sets the process group's view in a data-parallel run
+        if cfg.model.weight_align:
+            name = cfg.method.name
+            if scenario.kind != "class":
+                raise ValueError(f"model.weight_align=true needs a class-incremental stream (scenario.kind=class): "
+                                 f"with scenario.kind={scenario.kind} the head does not grow")
+            if not self.predicts_with_head:
+                raise ValueError(f"model.weight_align=true: method.name={name} does not predict with the growing "
+                                 "classifier, so weight aligning would change nothing; set model.weight_align=false")
 
     # -- data -----------------------------------------------------------------------------------
     def fetch(self, idx: Tensor) -> dict[str, Tensor]:
@@ -155,6 +173,16 @@ class Method:
         table = torch.zeros(len(self.data), old_classes)
         table[train] = logits[:, :old_classes]
         return table
+
+    def finish_task(self, t: int) -> None:
+        """What the engine calls after training task t: the head corrections every method shares
+        (model.weight_align: GrowingClassifier.align_weights, once a task added classes), then
+        the method's end_task (so memories store the corrected outputs)."""
+        if self.cfg.model.weight_align and t > 0 and self.scenario.new_classes(t):
+            gamma = self.model.classifier.align_weights()
+            if gamma is not None:
+                log.info("task %d: weight aligning scaled the new classes' rows by %.4f", t + 1, gamma)
+        self.end_task(t)
 
     def end_task(self, t: int) -> None:
         pass

@@ -50,6 +50,22 @@ class GrowingClassifier(nn.Module):
             raise RuntimeError("classifier has no classes yet: call grow() at the start of a task")
         return torch.cat([h(z) for h in self.heads], dim=1)
 
+    @torch.no_grad()
+    def align_weights(self) -> float | None:
+        """WA (Zhao et al., CVPR 2020): scale the last head's rows by gamma = mean norm of the
+        older heads' weight rows / mean norm of the last head's, so new and old classes' rows
+        have the same mean norm. The bias is scaled too: every new-class logit is multiplied
+        by gamma (the paper's head has no bias). Returns gamma, or None with one head."""
+        if len(self.heads) < 2:
+            return None
+        old = torch.cat([h.weight for h in self.heads[:-1]]).norm(dim=1).mean()
+        new = self.heads[-1].weight.norm(dim=1).mean()
+        gamma = float(old / new.clamp_min(1e-12))
+        self.heads[-1].weight.mul_(gamma)
+        if self.heads[-1].bias is not None:
+            self.heads[-1].bias.mul_(gamma)
+        return gamma
+
 
 @dataclass
 class Output:
@@ -89,6 +105,20 @@ class MMModel(nn.Module):
         self.prompter: nn.Module | None = None  # set by the prompt methods (mmcl.model.prompts)
         self.length_chunks = int(mc.length_chunks)
 
+    @property
+    def frozen_features(self) -> bool:
+        """No cross-modality adapters and no prompter: each sample's pooled features are a fixed
+        function of the sample, so they can be computed once (model.cached_features) and a
+        batch may carry them as {modality: {"pooled": (b, D)}}."""
+        return not self.adapters and self.prompter is None
+
+    def pooled_features(self, batch: dict) -> dict[str, Tensor]:
+        """Each modality's pooled frozen features (b, D) of a batch: the served ones
+        ("pooled"), else the frozen blocks run here (no adapters, no prompts)."""
+        if all("pooled" in batch[m] for m in self.modalities):
+            return {m: batch[m]["pooled"].float() for m in self.modalities}
+        return {m: self.encoders[m].pooled(batch[m], self.length_chunks).float() for m in self.modalities}
+
     def learned_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen encoders (re-loaded from their source on resume)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoders.")}
@@ -120,7 +150,13 @@ class MMModel(nn.Module):
         """Run the frozen blocks with adapters; returns each modality's last-block tokens
         averaged over its valid tokens (B, D) and each block's Routing. The last adapter
         returns that average directly (CrossModalityAdapter pool=True). ``noise`` (per block,
-        these rows' gate noise) and ``count_usage`` go to the adapters (see forward)."""
+        these rows' gate noise) and ``count_usage`` go to the adapters (see forward). A batch
+        of served pooled features (``frozen_features``) is returned as it is."""
+        if any("pooled" in batch[m] for m in self.modalities):
+            if not self.frozen_features:
+                raise ValueError("this batch holds cached pooled features, but the model has cross-modality "
+                                 "adapters or prompts, which need the encoders' tokens")
+            return {m: batch[m]["pooled"].float() for m in self.modalities}, []
         tokens, masks = {}, {}
         for m in self.modalities:
             x = batch[m]
