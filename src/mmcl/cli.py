@@ -32,7 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     r.add_argument("--fresh", action="store_true",
                    help="start over in the run folder instead of resuming from its last checkpoint")
+    r.add_argument("--tuned", metavar="FILE", help="settings chosen by `mmcl tune` (the run's method's entry; "
+                                                   "the overrides given here win)")
     r.add_argument("-v", "--verbose", action="store_true")
+    tu = sub.add_parser("tune", help="the same Optuna budget per method on validation accuracy; writes a settings YAML",
+                        description="N trials per method (TPE, seeded) over train.lr and the method's declared "
+                                    "search space, scored by the validation accuracy after the last task; the "
+                                    "studies are stored in STUDY_DIR (resumable). docs/tuning.md.")
+    tu.add_argument("preset")
+    tu.add_argument("overrides", nargs="*", metavar="key=value")
+    tu.add_argument("--methods", nargs="+", required=True)
+    tu.add_argument("--trials", type=int, default=20, help="trials per method (default 20)")
+    tu.add_argument("--study-dir", default="runs/tune", help="studies (SQLite) and trial runs (default runs/tune)")
+    tu.add_argument("--out", default="tuned.yaml", help="the settings YAML to write (default tuned.yaml)")
+    tu.add_argument("--seed", type=int, default=0, help="run.seed of the trials and the sampler's seed")
     pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)",
                         description="Decode every file of a preset's data set once into the cache "
                                     "(data.cache_dir); interrupted, it resumes with the files not yet written. "
@@ -167,7 +180,19 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "tune":
+        from mmcl.tune import tune, write_tuned
+        best = tune(args.preset, args.methods, args.trials, args.study_dir, args.overrides, seed=args.seed)
+        print(write_tuned(best, args.out, args.preset, args.trials, args.overrides))
+        return 0
     overrides = list(args.overrides)
+    if args.command == "run" and args.tuned:
+        from mmcl.naming import format_value
+        from mmcl.sweep import load_tuned
+        method = build_config(args.preset, overrides).method.name
+        tuned = load_tuned(args.tuned).get(method, {})
+        overrides = [f"{k}={format_value(v)}" for k, v in tuned.items()] + overrides
+        args.overrides = overrides
     if args.command == "prepare" and args.root:
         overrides.append(f"data.root={args.root}")
     cfg = build_config(args.preset, overrides)
