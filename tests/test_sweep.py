@@ -117,3 +117,32 @@ def test_two_job_sweep_through_submitit_local_executor(fake_stamps, tmp_path):
         res = json.loads((tmp_path / "runs" / f"tuxpaint-er-s{s}" / "results.json").read_text())
         assert res["seed"] == s and res["environment"]["threads"] == 1
     assert list((tmp_path / "runs" / ".submitit").glob("*_0_log.out"))
+
+
+def test_sigterm_stops_the_sweep_and_its_run_which_resume(fake_stamps, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    spec = tiny_sweep(fake_stamps, tmp_path, [0, 1])
+    o = yaml.safe_load(spec.read_text())
+    o["overrides"]["train.epochs"] = 3
+    spec.write_text(yaml.safe_dump(o))
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "mmcl", "sweep", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    latest = runs / "tuxpaint-er-s0" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out
+    assert "stopped: 1 run(s) not started" in out
+    assert not (runs / ".tuxpaint-er-s1.log").exists()           # the second run never started
+    assert not (runs / "tuxpaint-er-s0" / "results.json").exists() and latest.exists()
+    assert main(["sweep", str(spec)]) == 0
+    assert "resuming" in (runs / ".tuxpaint-er-s0.log").read_text()
+    assert (runs / "tuxpaint-er-s1" / "results.json").is_file()

@@ -243,6 +243,10 @@ def _sweep(args) -> int:
               + f"; {__import__('time').perf_counter() - t0:.0f} s so far", flush=True)
 
     results = run_sweep(spec, jobs=args.jobs, executor=args.executor, wait=not args.no_wait, report=report)
+    if any(r["status"] == "stopped" for r in results):
+        later = sum(r["status"] == "stopped" and not r["wall_s"] for r in results)
+        print(f"stopped: {later} run(s) not started; run the same command again to go on", flush=True)
+        return 143
     failed = [r for r in results if r["status"] in ("failed", "busy")]
     if args.no_wait and args.executor != "local":
         print("submitted; run the same command again later to resubmit what did not finish")

@@ -11,12 +11,15 @@ rest.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,7 +61,7 @@ class SweepRun:
     name: str
     run_dir: str
     overrides: list[str] = field(default_factory=list)
-    status: str = "todo"     # todo | done | ran | failed | busy (another process holds its lock)
+    status: str = "todo"     # todo | done | ran | failed | busy (another process holds its lock) | stopped
     wall_s: float = 0.0
     log: str = ""
 
@@ -190,6 +193,9 @@ def execute(run: SweepRun | dict, threads: int | None = None, cores: Sequence[in
     from filelock import FileLock, Timeout
 
     r = SweepRun(**run) if isinstance(run, dict) else run
+    if STOP.is_set():
+        r.status = "stopped"
+        return asdict(r)
     run_dir = Path(r.run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     if (run_dir / "results.json").is_file():
@@ -214,17 +220,41 @@ def execute(run: SweepRun | dict, threads: int | None = None, cores: Sequence[in
         with open(r.log, "a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(r.command(threads))}\n")
             f.flush()
-            rc = subprocess.call(r.command(threads), stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
+            with subprocess.Popen(r.command(threads), stdout=f, stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=pin) as proc:
+                RUNNING.add(proc)
+                try:
+                    rc = proc.wait()
+                finally:
+                    RUNNING.discard(proc)
         r.wall_s = time.perf_counter() - t0
-        r.status = "ran" if rc == 0 and (run_dir / "results.json").is_file() else "failed"
+        r.status = ("ran" if rc == 0 and (run_dir / "results.json").is_file() else
+                    "stopped" if STOP.is_set() else "failed")
     finally:
         lock.release()
     return asdict(r)
 
 
+# The local executor's stop flag and its running `mmcl run` processes: SIGTERM (or Ctrl-C) stops
+# the sweep: the running runs get SIGTERM (they write a checkpoint and exit), no new run starts.
+STOP = threading.Event()
+RUNNING: set = set()
+
+
+def _on_term(signum, frame) -> None:
+    STOP.set()
+    for proc in list(RUNNING):
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGTERM)
+
+
 def _run_local(todo: list[SweepRun], jobs: int, report: Callable[[dict], None]) -> list[dict]:
     """``jobs`` runs at a time, each pinned to its own share of the cores, torch threads = that share."""
     import concurrent.futures as cf
+
+    STOP.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_term)
 
     cores = available_cores()
     jobs = max(1, min(jobs, len(todo) or 1))
@@ -241,10 +271,19 @@ def _run_local(todo: list[SweepRun], jobs: int, report: Callable[[dict], None]) 
             slots.put(mine)
 
     out = []
-    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for res in pool.map(one, todo):
-            report(res)
-            out.append(res)
+    try:
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                for res in pool.map(one, todo):
+                    if res["status"] != "stopped" or res["wall_s"]:
+                        report(res)
+                    out.append(res)
+            except KeyboardInterrupt:  # Ctrl-C reached the runs too (one process group)
+                _on_term(signal.SIGINT, None)
+                raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return out
 
 
