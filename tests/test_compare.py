@@ -1,16 +1,13 @@
-"""`mmcl compare` (mmcl.compare.compare_runs & co.) and benchmarks/compare_tuxpaint.py."""
+"""`mmcl compare` (mmcl.compare.compare_runs & co.) and the sweep specs in benchmarks/sweeps."""
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmcl.cli import main
 from mmcl.compare import COMPARE_CSV_COLUMNS, compare_runs, format_comparison_markdown, skipped_runs, write_comparison
-from test_end_to_end import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,87 +107,25 @@ def test_cli_compare_writes_both_files(runs, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# benchmarks/compare_tuxpaint.py
-def _script():
-    spec = importlib.util.spec_from_file_location("compare_tuxpaint", REPO / "benchmarks" / "compare_tuxpaint.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["compare_tuxpaint"] = mod  # dataclasses look the module up while it executes
-    spec.loader.exec_module(mod)
-    return mod
 
 
-def test_script_plan_skips_finished_runs_and_lists_missing_methods(tmp_path):
-    ct = _script()
-    (tmp_path / "tuxpaint-cma-s0").mkdir()
-    (tmp_path / "tuxpaint-cma-s0" / "results.json").write_text("{}")
-    (tmp_path / "tuxpaint-cma-s1").mkdir()  # unfinished: run again (mmcl resumes it)
-    jobs = ct.plan(["tuxpaint", "tuxpaint-dil"], ["cma", "finetune", "no-freeze"], [0, 1], tmp_path,
-                   registered=lambda m: m == "cma")
-    status = {j.run_dir.name: j.status for j in jobs}
-    assert status["tuxpaint-cma-s0"] == "done"
-    assert status["tuxpaint-cma-s1"] == "todo"
-    assert status["tuxpaint-finetune-s0"] == "missing"
-    assert status["tuxpaint-dil-no-freeze-s1"] == "todo"
-    assert len(jobs) == 12 and [j.seed for j in jobs[:6]] == [0] * 6  # seed-major
-    dil = next(j for j in jobs if j.run_dir.name == "tuxpaint-dil-no-freeze-s1")
-    assert "freeze.enabled=false" in dil.overrides and "data.tuxpaint.languages=[fr,ru,es]" in dil.overrides
-    assert "scenario.num_tasks=3" in dil.overrides and "train.epochs=1" in dil.overrides
-    assert dil.command[-2:] == ["--run-dir", str(tmp_path / "tuxpaint-dil-no-freeze-s1")]
-    full = ct.plan(["tuxpaint"], ["cma"], [0], tmp_path, quick=False, registered=lambda m: True)
-    assert not any(o.startswith("train.epochs") for o in full[0].overrides)
-    # to run: tuxpaint cma-s1 and no-freeze x 2 seeds; tuxpaint-dil cma and no-freeze x 2 seeds
-    assert ct.estimate_s(jobs, True) == 3 * ct.EST_S[("tuxpaint", True)] + 4 * ct.EST_S[("tuxpaint-dil", True)]
-    # the variants map onto the right methods and overrides
-    assert ct.VARIANTS["no_adapter"] == ("cma", {"model.adapters": False})
-    assert ct.VARIANTS["pairwise-contrastive"][1] == {"loss.align_kind": "pairwise_infonce"}
-
-
-def test_script_dry_run_with_unregistered_method(tmp_path, capsys):
-    ct = _script()
-    rc = ct.main(["--dry-run", "--presets", "tuxpaint", "--seeds", "0", "--runs-dir", str(tmp_path)])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "estimated time" in out and "used for every method alike" in out
-    assert "[todo] " in out and "tuxpaint-cma-s0" in out and "tuxpaint-no-freeze-s0" in out
-    assert not list(tmp_path.iterdir())  # a dry run makes nothing
-    ct.VARIANTS["not-yet"] = ("not_a_registered_method", {})
-    try:
-        ct.main(["--dry-run", "--variants", "cma", "not-yet", "--seeds", "0", "--runs-dir", str(tmp_path)])
-    finally:
-        del ct.VARIANTS["not-yet"]
-    out = capsys.readouterr().out
-    assert "[missing]" in out and "not-yet (method 'not_a_registered_method')" in out
-
-
-def test_script_end_to_end_on_the_fixture(fake_stamps, tmp_path, capsys):
-    root, classes = fake_stamps
-    o = tiny_overrides(root, classes, tmp_path / "cache", tmp_path / "unused",
-                       **{"scenario.num_tasks": 2, "train.epochs": 1, "run.threads": 1})
-    extra = [f"--extra={k}={json.dumps(v)}" for k, v in o.items()]
-    ct = _script()
-    args = ["--presets", "tuxpaint", "--seeds", "0", "--variants", "no-freeze", "--runs-dir", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "res" / "cmp"), *extra]
-    assert ct.main(args) == 0, (tmp_path / "runs" / ".tuxpaint-no-freeze-s0.log").read_text()
-    results = json.loads((tmp_path / "runs" / "tuxpaint-no-freeze-s0" / "results.json").read_text())
-    assert results["config"]["freeze"]["enabled"] is False
-    assert results["config"]["data"]["tuxpaint"]["max_stamps_per_class"] == 10
-    md = (tmp_path / "res" / "cmp.md").read_text()
-    assert "Command: `python benchmarks/compare_tuxpaint.py" in md and "Date: " in md
-    assert "used for every method alike" in md and "| no-freeze | tuxpaint | 1 |" in md
-    assert (tmp_path / "res" / "cmp.csv").read_text().count("\n") == 2
-    # a second call finds the run done and runs nothing
-    capsys.readouterr()
-    assert ct.main(args) == 0
-    assert "0 to run, 1 already done" in capsys.readouterr().out
-
-
-def test_script_every_planned_run_has_a_valid_config(tmp_path):
+def test_benchmark_sweep_specs_plan_valid_configs():
+    """Every run of the sweep specs in benchmarks/sweeps builds a valid config (the published
+    comparison's variants map onto the right methods and overrides)."""
     from mmcl.config import build_config
-    ct = _script()
-    jobs = ct.plan(ct.PRESETS, list(ct.VARIANTS), [0], tmp_path)
-    for j in jobs:
-        if j.status != "missing":
-            cfg = build_config(j.preset, j.overrides)
-            assert cfg.method.name == j.method and cfg.train.epochs == 1
-            if j.preset == "tuxpaint-dil":
-                assert list(cfg.data.tuxpaint.languages) == ["fr", "ru", "es"] and cfg.scenario.num_tasks == 3
+    from mmcl.sweep import load_spec, plan
+    specs = sorted((REPO / "benchmarks" / "sweeps").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        spec = load_spec(path)
+        for r in plan(spec):
+            if r.seed == spec["seeds"][0]:
+                cfg = build_config(r.preset, r.overrides)
+                assert cfg.method.name == spec["variants"][r.variant]["method.name"]
+    quick = {r.name: r for r in plan(load_spec(REPO / "benchmarks" / "sweeps" / "compare_tuxpaint_quick.yaml"))}
+    assert len(quick) == 114
+    dil = build_config("tuxpaint-dil", quick["tuxpaint-dil-no-freeze-s1"].overrides)
+    assert list(dil.data.tuxpaint.languages) == ["fr", "ru", "es"] and dil.scenario.num_tasks == 3
+    assert dil.train.epochs == 1 and dil.freeze.enabled is False
+    assert build_config("tuxpaint", quick["tuxpaint-pairwise-contrastive-s0"].overrides).loss.align_kind == \
+        "pairwise_infonce"

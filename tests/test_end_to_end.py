@@ -10,6 +10,7 @@ from mmcl.cli import main
 from mmcl.config import build_config, from_dict
 from mmcl.engine import Experiment
 from mmcl.io import load_checkpoint
+from mmcl.naming import run_name
 
 
 def tiny_overrides(root, classes, cache, out, **extra):
@@ -59,7 +60,10 @@ def test_class_incremental_run_writes_a_valid_run_folder(fake_stamps, tmp_path, 
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "acc_last" in printed or "last" in printed
-    results = check_run_folder(tmp_path / "runs" / "tuxpaint-cma-s0", 2)
+    # the default run name carries the overrides that change results (mmcl.naming.run_name)
+    name = run_name("tuxpaint", "cma", 0, {k: json.dumps(v) for k, v in o.items()})
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [name]
+    results = check_run_folder(tmp_path / "runs" / name, 2)
     assert results["scenario"] == "class"
     assert [len(t["classes"]) for t in results["tasks"]] == [2, 2]
     assert len(results["expert_usage"]) == 2 and len(results["expert_usage"][0]) == 3

@@ -31,6 +31,11 @@ def stamps(tmp_path):
                            seconds=0.1, distractors=False)
 
 
+
+def cache_folders(tmp_path) -> list:
+    """The prepared cache folders (beside each lies its <key>.lock, the preparation lock)."""
+    return sorted(p for p in (tmp_path / "cache" / "tuxpaint").iterdir() if p.is_dir())
+
 def overrides(root, tmp_path, **extra) -> dict:
     """A tiny, fast config: tiny random encoders, 2 tasks of 1 class, 1 epoch."""
     o = {"data.root": str(root), "data.cache_dir": str(tmp_path / "cache"), "data.classes": CLASSES,
@@ -71,7 +76,7 @@ def test_corrupt_image_names_the_file_and_keeps_the_cache(stamps, tmp_path, caps
     assert str(png) in msg and "reinstall" in msg
     assert "records.json" in msg  # removing the stamp instead also needs the index rebuilt
     # the index written before the failure is kept and complete; restoring the file is enough
-    folders = list((tmp_path / "cache" / "tuxpaint").iterdir())
+    folders = cache_folders(tmp_path)
     assert len(folders) == 1 and (folders[0] / "records.json").exists()
     assert not [p for p in folders[0].iterdir() if p.name.startswith(".")]  # no temporaries
     png.write_bytes(good)
@@ -89,7 +94,7 @@ def test_corrupt_audio_keeps_what_was_prepared(stamps, tmp_path, capsys, monkeyp
     msg = one_line(err)
     assert f"cannot decode audio {ogg}" in msg and "reinstall" in msg
     # image and text come before speech: their finished cache files are kept ...
-    folder = next((tmp_path / "cache" / "tuxpaint").iterdir())
+    folder = cache_folders(tmp_path)[0]
     kept = {p.name for p in folder.iterdir()}
     assert {"records.json", "inputs_image.safetensors", "prefix_image.safetensors",
             "inputs_text.safetensors", "prefix_text.safetensors"} <= kept
@@ -134,7 +139,7 @@ def test_missing_file_after_indexing(stamps, tmp_path, capsys, monkeypatch):
     assert code == 1
     msg = one_line(err)
     assert f"audio file {gone} is missing" in msg and "Restore it" in msg
-    folder = next((tmp_path / "cache" / "tuxpaint").iterdir())
+    folder = cache_folders(tmp_path)[0]
     assert f"delete {folder}" in msg
     # following the advice (remove the stamp, delete the cache folder) works
     monkeypatch.setattr(TuxPaint, "index", index)
@@ -366,7 +371,7 @@ def test_cache_write_failure_keeps_complete_files(stamps, tmp_path, capsys, monk
     code, err = cli(capsys, "prepare", "tuxpaint", o)
     assert code == 1
     msg = one_line(err)
-    folder = next((tmp_path / "cache" / "tuxpaint").iterdir())
+    folder = cache_folders(tmp_path)[0]
     assert f"cannot write the data cache file {folder / 'inputs_speech.safetensors'}" in msg
     assert "No space left on device" in msg and "data.cache_dir" in msg
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -387,7 +392,7 @@ def test_cache_folder_not_creatable_or_damaged(stamps, tmp_path, capsys):
     assert code == 1 and f"cannot create the data cache folder {blocker}" in err and "data.cache_dir" in err
     o = overrides(stamps, tmp_path, **{"data.modalities": ["text"]})
     assert cli(capsys, "prepare", "tuxpaint", o)[0] == 0
-    records = next((tmp_path / "cache" / "tuxpaint").iterdir()) / "records.json"
+    records = cache_folders(tmp_path)[0] / "records.json"
     records.write_text('{"records": [')  # damaged by hand
     code, err = cli(capsys, "prepare", "tuxpaint", o)
     assert code == 1

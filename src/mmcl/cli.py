@@ -32,7 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     r.add_argument("--fresh", action="store_true",
                    help="start over in the run folder instead of resuming from its last checkpoint")
+    r.add_argument("--tuned", metavar="FILE", help="settings chosen by `mmcl tune` (the run's method's entry; "
+                                                   "the overrides given here win)")
     r.add_argument("-v", "--verbose", action="store_true")
+    tu = sub.add_parser("tune", help="the same Optuna budget per method on validation accuracy; writes a settings YAML",
+                        description="N trials per method (TPE, seeded) over train.lr and the method's declared "
+                                    "search space, scored by the validation accuracy after the last task; the "
+                                    "studies are stored in STUDY_DIR (resumable). docs/tuning.md.")
+    tu.add_argument("preset")
+    tu.add_argument("overrides", nargs="*", metavar="key=value")
+    tu.add_argument("--methods", nargs="+", required=True)
+    tu.add_argument("--trials", type=int, default=20, help="trials per method (default 20)")
+    tu.add_argument("--study-dir", default="runs/tune", help="studies (SQLite) and trial runs (default runs/tune)")
+    tu.add_argument("--out", default="tuned.yaml", help="the settings YAML to write (default tuned.yaml)")
+    tu.add_argument("--seed", type=int, default=0, help="run.seed of the trials and the sampler's seed")
     pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)",
                         description="Decode every file of a preset's data set once into the cache "
                                     "(data.cache_dir); interrupted, it resumes with the files not yet written. "
@@ -59,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--group-by", choices=("name", "method"), default="name",
                       help="name: run name without its trailing -s<seed> (default; one row per "
                            "variant); method: the run's method")
+    sw = sub.add_parser("sweep", help="presets x methods/variants x overrides x seeds, resumable, local or slurm",
+                        description="Make every run of a sweep spec (docs/sweep.md) that has no results.json "
+                                    "yet, each in its own run folder named after its variant, grid point and "
+                                    "seed; unfinished runs resume from their checkpoints. Then compare with "
+                                    "`mmcl compare OUT_DIR --reference NAME`.")
+    sw.add_argument("spec", metavar="SPEC.yaml")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="local runs at a time; each is pinned to cores/N cores with that many torch threads")
+    sw.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                    help="local (default), slurm (a job array through submitit; resources from the spec), "
+                         "submitit-local (submitit's local executor)")
+    sw.add_argument("--no-wait", action="store_true", help="with slurm: submit and return")
+    sw.add_argument("--dry-run", action="store_true", help="print the runs and their status; run nothing")
+    cmp_.add_argument("--reference", metavar="NAME",
+                      help="also the paired differences of every other method/variant minus NAME on shared "
+                           "seeds (mean, 95 %% t-interval; PREFIX.paired.md/.csv) and the paper's claims "
+                           "(PREFIX.claims.md)")
     sub.add_parser("list", help="presets, methods, data sets and encoders")
     c = sub.add_parser("config", help="print the resolved config of a preset, or the key reference")
     c.add_argument("preset", nargs="?")
@@ -153,10 +183,33 @@ def _dispatch(args) -> int:
             print("mmcl: error: no finished run (results.json) among the folders given", file=sys.stderr)
             return 1
         print(format_comparison_markdown(rows, skipped), end="")
-        for path in write_comparison(rows, args.out, skipped):
+        paths = write_comparison(rows, args.out, skipped)
+        if args.reference:
+            from mmcl.claims import check_claims, format_claims_markdown, write_claims
+            from mmcl.paired import format_paired_markdown, load_groups, paired_differences, write_paired
+            groups = load_groups(args.run_dirs, group_by=args.group_by)
+            paired = paired_differences(groups, args.reference)
+            claims = check_claims(groups, args.reference)
+            print("\n" + format_paired_markdown(paired) + "\n" + format_claims_markdown(claims, args.reference), end="")
+            paths += write_paired(paired, args.out) + write_claims(claims, args.out, args.reference)
+        for path in paths:
             print(path)
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "tune":
+        from mmcl.tune import tune, write_tuned
+        best = tune(args.preset, args.methods, args.trials, args.study_dir, args.overrides, seed=args.seed)
+        print(write_tuned(best, args.out, args.preset, args.trials, args.overrides))
+        return 0
     overrides = list(args.overrides)
+    if args.command == "run" and args.tuned:
+        from mmcl.naming import format_value
+        from mmcl.sweep import load_tuned
+        method = build_config(args.preset, overrides).method.name
+        tuned = load_tuned(args.tuned).get(method, {})
+        overrides = [f"{k}={format_value(v)}" for k, v in tuned.items()] + overrides
+        args.overrides = overrides
     if args.command == "prepare" and args.root:
         overrides.append(f"data.root={args.root}")
     cfg = build_config(args.preset, overrides)
@@ -173,13 +226,51 @@ def _dispatch(args) -> int:
         return 0
     from mmcl.engine import Experiment
     from mmcl.report import format_metrics_table
-    exp = Experiment(cfg, args.run_dir)
+    run_dir = args.run_dir
+    if not run_dir and not cfg.run.name:
+        from mmcl.naming import parse_override_list, run_name
+        run_dir = os.path.join(cfg.run.out_dir, run_name(cfg.preset, cfg.method.name, cfg.run.seed,
+                                                         parse_override_list(args.overrides)))
+    exp = Experiment(cfg, run_dir)
     results = exp.run(fresh=args.fresh)
     if _rank() == 0:
         print(format_metrics_table(results))
         report = exp.run_dir / "report.html"
         print(f"run folder: {exp.run_dir}" + (f" (report: {report})" if report.exists() else ""))
     return 0
+
+
+def _sweep(args) -> int:
+    from mmcl.sweep import load_spec, plan, run_sweep
+    spec = load_spec(args.spec)
+    runs = plan(spec)
+    todo = [r for r in runs if r.status == "todo"]
+    print(f"{len(runs)} runs in {spec['out_dir']}: {len(runs) - len(todo)} done, {len(todo)} to make "
+          f"({args.executor}" + (f", {args.jobs} at a time" if args.executor == "local" else "") + ")", flush=True)
+    if args.dry_run:
+        for r in runs:
+            print(f"[{r.status}] {r.name}: mmcl run {r.preset} {' '.join(r.overrides)}")
+        return 0
+    t0, n = __import__("time").perf_counter(), [0]
+
+    def report(res: dict) -> None:
+        n[0] += 1
+        print(f"[{n[0]}/{len(todo)}] {res['name']}: {res['status']}"
+              + (f" in {res['wall_s']:.0f} s" if res["wall_s"] else "")
+              + (f" (log: {res['log']})" if res["status"] == "failed" else "")
+              + f"; {__import__('time').perf_counter() - t0:.0f} s so far", flush=True)
+
+    results = run_sweep(spec, jobs=args.jobs, executor=args.executor, wait=not args.no_wait, report=report)
+    if any(r["status"] == "stopped" for r in results):
+        later = sum(r["status"] == "stopped" and not r["wall_s"] for r in results)
+        print(f"stopped: {later} run(s) not started; run the same command again to go on", flush=True)
+        return 143
+    failed = [r for r in results if r["status"] in ("failed", "busy")]
+    if args.no_wait and args.executor != "local":
+        print("submitted; run the same command again later to resubmit what did not finish")
+        return 0
+    print(f"compare: mmcl compare {spec['out_dir']} --reference <variant>")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

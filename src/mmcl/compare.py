@@ -54,7 +54,7 @@ def skipped_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
     return [p for p in expand_run_dirs(run_dirs) if not (p / RESULTS_FILE).is_file()]
 
 
-def _group_of(results: dict, run_dir: Path, group_by: str) -> tuple[str, str]:
+def group_of(results: dict, run_dir: Path, group_by: str) -> tuple[str, str]:
     import re
     preset = str(results.get("preset") or "custom")
     if group_by == "method":
@@ -89,7 +89,7 @@ def compare_runs(run_dirs: Sequence[str | Path], group_by: str = "name") -> list
         if not (p / RESULTS_FILE).is_file():
             continue
         results = load_results(p)
-        groups.setdefault(_group_of(results, p, group_by), []).append((p, results))
+        groups.setdefault(group_of(results, p, group_by), []).append((p, results))
     rows = []
     for (preset, label), runs in groups.items():
         methods = list(dict.fromkeys(str(r.get("method") or "?") for _, r in runs))

@@ -48,16 +48,12 @@ from mmcl.io import (
     parse_checkpoint,
     save_checkpoint,
 )
+from mmcl.naming import RESUMABLE_DIFFERENCES
 from mmcl.version import __version__
 
 log = logging.getLogger("mmcl")
 
 KILL_ENV = "MMCL_KILL_AT"
-# Config keys that may differ between a run and its resumption (they do not change results,
-# or name where things are). Everything else must match the checkpoint's config.
-RESUMABLE_DIFFERENCES = {"run.progress", "run.threads", "run.device", "run.out_dir", "run.name",
-                         "run.save_checkpoint", "data.root", "data.cache_dir", "log.tensorboard", "log.every",
-                         "log.wandb", "log.wandb_project", "report.tsne", "report.tsne_after"}
 
 
 class TrainingError(RuntimeError):

@@ -97,8 +97,46 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     skip_bad = getattr(data, "on_missing", "fail") == "skip"
     show = _show_progress(progress)
-    timings: dict[str, float] = {}
+    with cache_lock(folder, data.dataset):
+        timings = _fill(folder, data, dataset, encoders, mods, chunk_size, workers, show, skip_bad)
+    prepared = PreparedData.from_folder(folder, mods, use_prefix=data.cache_prefix,
+                                        split_fn=ds_cls.split_samples, fractions=data.split)
+    if prepared.unreadable and not skip_bad:
+        raise DataError(f"{len(prepared.unreadable)} file(s) of this data set could not be read when it was "
+                        f"prepared (with data.on_missing=skip), e.g. {prepared.unreadable[0]} Fix or replace "
+                        f"them and delete {folder}, or run with data.on_missing=skip.")
+    prepared.timings = timings
+    return prepared
 
+
+@contextlib.contextmanager
+def cache_lock(folder: Path, dataset: str):
+    """Hold ``<folder>.lock`` (an OS file lock, the ``filelock`` package) while the cache folder is
+    checked and written: concurrent preparations of one data set (a sweep's jobs, cluster jobs on a
+    shared file system) take turns, and the later ones find the cache complete and only load it.
+    The lock is released when its holder dies, so a killed preparation blocks nobody."""
+    from filelock import FileLock, Timeout
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data cache folder {folder.parent}: {e}. Set data.cache_dir "
+                        "(or MMCL_CACHE) to a writable folder.") from e
+    lock = FileLock(str(folder.with_name(folder.name + ".lock")))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        log.warning("waiting for another process that prepares %s in %s", dataset, folder)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _fill(folder: Path, data, dataset, encoders, mods, chunk_size, workers, show, skip_bad) -> dict[str, float]:
+    """Write what is missing of the cache folder; returns the timings of what was written."""
+    timings: dict[str, float] = {}
     records_path = folder / "records.json"
     if records_path.exists():
         meta = read_records(records_path)
@@ -147,12 +185,4 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
             timings[f"prefix_{mod}_s"] = time.perf_counter() - t0
     for k, v in timings.items():
         log.info("prepare %s: %s %.1f s", data.dataset, k, v)
-
-    prepared = PreparedData.from_folder(folder, mods, use_prefix=data.cache_prefix,
-                                        split_fn=ds_cls.split_samples, fractions=data.split)
-    if prepared.unreadable and not skip_bad:
-        raise DataError(f"{len(prepared.unreadable)} file(s) of this data set could not be read when it was "
-                        f"prepared (with data.on_missing=skip), e.g. {prepared.unreadable[0]} Fix or replace "
-                        f"them and delete {folder}, or run with data.on_missing=skip.")
-    prepared.timings = timings
-    return prepared
+    return timings

@@ -56,6 +56,10 @@ class Method:
 
     predicts_with_head = True
 
+    # What `mmcl tune` searches besides mmcl.tune.COMMON_SPACE: {config key: {"low", "high"[, "log"]}
+    # or {"choices": [...]}}; declared beside each method's code, documented in docs/tuning.md.
+    search_space: dict = {}
+
     def __init__(self, cfg: Config, model: MMModel, data: PreparedData, scenario: Scenario, device: torch.device):
         # cfg: the run's whole config (its type is assembled from the plug-ins at run time:
         # mmcl.settings.Config plus the plug-in sections); model: the frozen encoders with

@@ -19,6 +19,9 @@ log = logging.getLogger("mmcl")
 class CrossModalityAdapters(Method):
     """Cross-modality MoE adapters + L_cls, L_distil, L_align, L_preserve, expert freezing (Chee et al., ECAI 2025)."""
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"loss.distil": {"low": 0.1, "high": 10.0, "log": True}, "loss.align": {"low": 0.1, "high": 10.0, "log": True}, "loss.preserve": {"low": 0.1, "high": 10.0, "log": True}}
+
     def __init__(self, cfg, model, data, scenario, device):
         super().__init__(cfg, model, data, scenario, device)
         self.memory = RehearsalMemory(cfg.memory.size, cfg.memory.selection)

@@ -96,6 +96,9 @@ class CodaPrompt(PromptMethod):
     attention vectors of the tasks seen so far.
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.codaprompt.ortho": {"low": 0.0, "high": 1.0}}
+
     def make_prompter(self):
         return CodaPrompter(dict(self.model.encoders), self.cfg, self.num_tasks)
 

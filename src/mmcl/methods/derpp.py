@@ -93,6 +93,9 @@ class DarkExperienceReplayPP(Method):
     they cover only (the paper's fixed head also stores the future classes' logits).
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.derpp.alpha": {"low": 0.01, "high": 1.0, "log": True}, "method.derpp.beta": {"low": 0.1, "high": 1.0}}
+
     def __init__(self, cfg, model, data, scenario, device):
         super().__init__(cfg, model, data, scenario, device)
         self.buffer = ReservoirLogitBuffer(cfg.memory.size)

@@ -93,6 +93,9 @@ class DualPrompt(PromptMethod):
     and key, the projections, fusion and classifier.
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.dualprompt.pull": {"low": 0.01, "high": 1.0, "log": True}}
+
     def make_prompter(self):
         return DualPrompter(dict(self.model.encoders), self.cfg, self.num_tasks)
 

@@ -31,6 +31,9 @@ class OnlineEWC(Method):
     that have a Fisher (classifier heads added later have none). No memory.
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.ewc.penalty": {"low": 1.0, "high": 1e6, "log": True}, "method.ewc.gamma": {"low": 0.5, "high": 1.0}}
+
     def __init__(self, cfg, model, data, scenario, device):
         super().__init__(cfg, model, data, scenario, device)
         self.fisher: dict[str, Tensor] = {}

@@ -75,6 +75,9 @@ class LearningToPrompt(PromptMethod):
     prompts (mmcl.model.prompts).
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.l2p.pull": {"low": 0.01, "high": 1.0, "log": True}}
+
     def make_prompter(self):
         return L2PPrompter(dict(self.model.encoders), self.cfg)
 

@@ -30,6 +30,9 @@ class LearningWithoutForgetting(Method):
     domain-incremental streams the "old classes" are all classes (the head does not grow).
     """
 
+    # mmcl tune: searched beside train.lr (mmcl.tune.COMMON_SPACE), the same number of trials for every method.
+    search_space = {"method.lwf.alpha": {"low": 0.1, "high": 10.0, "log": True}, "method.lwf.temperature": {"low": 1.0, "high": 4.0}}
+
     def __init__(self, cfg, model, data, scenario, device):
         super().__init__(cfg, model, data, scenario, device)
         self.old_logits: Tensor | None = None  # (len(data), C_old) targets, rows of task t's samples
