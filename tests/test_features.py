@@ -9,6 +9,7 @@ import torch
 
 import mmcl
 from mmcl.config import build_config
+from mmcl.data.features import serve_features
 from mmcl.engine import Experiment
 from mmcl.io import load_checkpoint
 from test_methods import small
@@ -45,7 +46,7 @@ def test_served_batches_hold_the_pooled_features_of_the_frozen_blocks(fake_stamp
     exp = Experiment(build_config("tuxpaint", small(fake_stamps, cache, tmp_path / "runs", **{"method.name": "er"})))
     idx = torch.arange(0, len(exp.data), 3)
     direct = exp.model.pooled_features(exp.data.batch(idx))  # frozen blocks run here
-    exp._serve_features()
+    serve_features(exp.cfg, exp.model, exp.data, exp.dist, exp.device)
     served = exp.data.batch(idx)
     assert set(served["image"]) == {"pooled"}
     for m, v in exp.model.pooled_features(served).items():
@@ -57,7 +58,7 @@ def test_models_that_need_tokens_are_not_served_features(fake_stamps, cache, tmp
                           ("er", {"model.cached_features": False})):
         exp = Experiment(build_config("tuxpaint", small(fake_stamps, cache, tmp_path / "runs",
                                                         **{"method.name": method, **extra})))
-        exp._serve_features()
+        serve_features(exp.cfg, exp.model, exp.data, exp.dist, exp.device)
         assert exp.data.features is None, (method, extra)
         batch = exp.data.batch(torch.arange(2))
         assert "pooled" not in batch["image"]

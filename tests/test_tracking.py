@@ -28,7 +28,9 @@ def tiny_run(fake_stamps, tmp_path_factory):
     o = tiny_overrides(root, classes, tmp / "cache", tmp / "runs", **{
         "scenario.num_tasks": 2, "train.epochs": 1, "report.tsne_after": [1, -1]})
     assert main(["run", "tuxpaint", *_args(o)]) == 0
-    return tmp / "runs" / "tuxpaint-cma-s0", o
+    # (the default run name carries the overrides that change results)
+    (run_dir,) = (tmp / "runs").glob("tuxpaint-cma*-s0")
+    return run_dir, o
 
 
 def _events(run_dir):
@@ -127,7 +129,7 @@ def test_tensorboard_off_writes_no_event_files(fake_stamps, tmp_path):
     o = tiny_overrides(root, classes, tmp_path / "cache", tmp_path / "runs", **{
         "scenario.num_tasks": 1, "train.epochs": 1, "log.tensorboard": False, "report.tsne_after": []})
     assert main(["run", "tuxpaint", *_args(o)]) == 0
-    run_dir = tmp_path / "runs" / "tuxpaint-cma-s0"
+    (run_dir,) = (tmp_path / "runs").glob("tuxpaint-cma*-s0")
     assert (run_dir / "results.json").exists()
     assert not (run_dir / "tb").exists() and not (run_dir / "representations.npz").exists()
 
