@@ -104,12 +104,26 @@ class Method:
             quiet = n_current
         return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device, quiet)
 
+    def old_classes(self) -> int:
+        """Output units of the classes seen before the current task (0 in the first task)."""
+        return self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
+
+    def current_task_logits(self, logits: Tensor) -> Tensor:
+        """In a class-incremental run after task 1, the logits with the earlier tasks' classes
+        masked (a cross-entropy over them covers the current task's classes only); else as given."""
+        old = self.old_classes()
+        if self.scenario.kind != "class" or not old:
+            return logits
+        logits = logits.clone()
+        logits[:, :old] = float("-inf")
+        return logits
+
     def replay_classification(self, logits: Tensor, target: Tensor, n_current: int) -> Tensor:
         """L_cls of a batch whose first ``n_current`` rows are the current task's and the rest
         memory rows; with loss.cls_current in a class-incremental run after task 1, the current
         rows' cross-entropy covers only the current task's classes (a counter of the bias
         toward new classes), else it is the plain cross-entropy over all seen classes."""
-        first = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
+        first = self.old_classes()
         if not (self.cfg.loss.cls_current and self.scenario.kind == "class" and first):
             return losses.classification(logits, target)
         return losses.split_classification(logits, target, n_current, first)

@@ -60,7 +60,7 @@ class ICaRL(Method):
         return means
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
-        C_old = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
+        C_old = self.old_classes()
         old_parts = []
         all_idx = idx
         if self.current_old_logits is not None:

@@ -104,12 +104,8 @@ class PromptMethod(Method):
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
         out, target = self.forward_batch(idx)
-        logits = out.logits
-        old = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
-        if self.settings.train_mask and self.scenario.kind == "class" and old:
-            # As in L2P / DualPrompt / CODA-Prompt: train on the current task's classes only.
-            logits = logits.clone()
-            logits[:, :old] = float("-inf")
+        # As in L2P / DualPrompt / CODA-Prompt: train on the current task's classes only.
+        logits = self.current_task_logits(out.logits) if self.settings.train_mask else out.logits
         terms = {"cls": losses.classification(logits, target)}
         pull = self.key_loss(self.queries({"index": idx}))
         if pull is not None:

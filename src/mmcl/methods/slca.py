@@ -81,11 +81,7 @@ class SLCA(Method):
 
     def training_step(self, idx: Tensor) -> dict[str, Tensor]:
         out, target = self.forward_batch(idx)
-        logits = out.logits
-        old = self.scenario.seen_classes(self.task - 1) if self.task > 0 else 0
-        if self.settings.train_mask and self.scenario.kind == "class" and old:
-            logits = logits.clone()
-            logits[:, :old] = float("-inf")
+        logits = self.current_task_logits(out.logits) if self.settings.train_mask else out.logits
         return {"cls": losses.classification(logits, target), **self.balance_term(out)}
 
     def end_task(self, t: int) -> None:
