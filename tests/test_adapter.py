@@ -220,3 +220,38 @@ def test_pooled_last_block_equals_the_mean_of_its_tokens():
             assert (x is None) == (y is None)
             if x is not None:
                 torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_expert_gate_scope_keeps_the_frozen_experts_gate_rows_bit_identical():
+    """freeze.scope: 'expert' leaves the frozen experts' gate rows training (their routing may
+    drift); 'expert_gate' keeps them bit-identical, and the other rows still train."""
+    results = {}
+    for scope in ("expert", "expert_gate"):
+        a = adapter(freeze_scope=scope)
+        perturb(a)
+        with torch.no_grad():
+            for m in a.modalities:
+                a.gate_noise[m].weight.normal_()
+        a.train()
+        frozen = [1, 4, 7]
+        a.freeze_experts(frozen)
+        rows = torch.tensor(frozen)
+        before = {m: (a.gate[m].weight.detach()[rows].clone(), a.gate_noise[m].weight.detach()[rows].clone(),
+                      a.gate[m].weight.detach().clone()) for m in a.modalities}
+        experts0 = [[p.detach().clone() for p in a.experts[e].parameters()] for e in frozen]
+        opt = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=1e-2, weight_decay=1e-2)
+        for step in range(4):
+            out, routing = a(*make_inputs(B=16, seed=step + 1))
+            loss = sum(o.pow(2).mean() for o in out.values()) + routing.balance
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            a.restore_frozen_gates()   # what Method.after_step does after every optimiser step
+        kept = all(torch.equal(before[m][0], a.gate[m].weight[rows]) and torch.equal(before[m][1],
+                   a.gate_noise[m].weight[rows]) for m in a.modalities)
+        others_moved = any(not torch.equal(before[m][2], a.gate[m].weight) for m in a.modalities)
+        assert others_moved
+        assert all(torch.equal(p0, p) for ps, e in zip(experts0, frozen)
+                   for p0, p in zip(ps, a.experts[e].parameters()))
+        results[scope] = kept
+    assert results == {"expert": False, "expert_gate": True}

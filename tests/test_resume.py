@@ -4,6 +4,7 @@ uninterrupted run, to the bit."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -140,3 +141,40 @@ def test_killed_and_resumed_run_is_identical_to_an_uninterrupted_one(baseline, t
     assert proc.returncode == 0, proc.stderr
     assert "resuming" not in proc.stderr
     assert_same_run(base_dir, run_dir)
+
+
+def test_adapter_groups_warmup_and_gate_freezing_resume_identically(fake_stamps, tmp_path):
+    """One optimiser group per parameter kind (adapter.lr_scale, adapter.warmup) and the frozen
+    gate rows (freeze.scope=expert_gate) survive a kill inside task 2: same results, same
+    gradient norms, same final tensors as an uninterrupted run."""
+    root, classes = fake_stamps
+    o = small_overrides(root, classes, tmp_path / "cache", **{
+        "method.name": "cma", "adapter.lr_scale": 3.0, "adapter.warmup": 0.5, "freeze.scope": "expert_gate"})
+    proc = fork_run(tmp_path / "whole", o)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = fork_run(tmp_path / "killed", o, kill_at="point=task_end,task=1")
+    assert proc.returncode == -signal.SIGKILL
+    after_task1 = json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())
+    task1, _ = load_checkpoint(tmp_path / "killed" / "checkpoints" / after_task1["latest"]["name"])
+    proc = fork_run(tmp_path / "killed", o, kill_at="point=step,task=2,epoch=2,step=1")
+    assert proc.returncode == -signal.SIGKILL
+    proc = fork_run(tmp_path / "killed", o)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_resumed_from(proc.stderr, "task 2, start of epoch 2")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        g = line["grad_norms"]
+        assert {"experts", "gates", "adapter_projections", "projections", "heads"} <= set(g)
+        assert all(math.isfinite(v) and v > 0 for v in g.values()), g
+    # the experts frozen after task 1 kept their gate rows (clean and noise) through task 2
+    res = json.loads((tmp_path / "whole" / "results.json").read_text())
+    final, _ = load_checkpoint(tmp_path / "whole" / "checkpoints" / "final")
+    moved = False
+    for b, ids in enumerate(res["frozen_experts"][0]):
+        for m in ("image", "speech"):
+            for kind in ("gate", "gate_noise"):
+                key = f"model.adapters.{b}.{kind}.{m}.weight"
+                assert torch.equal(task1[key][ids], final[key][ids]), key
+                moved |= not torch.equal(task1[key], final[key])
+    assert any(res["frozen_experts"][0]) and moved

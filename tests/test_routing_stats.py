@@ -159,10 +159,16 @@ def test_diagnostics_can_be_turned_off(fake_stamps, cache, tmp_path):
 
 def test_report_shows_the_routing_table(fake_stamps, cache, tmp_path):
     from mmcl.report import write_report
-    run_cma(fake_stamps, cache, tmp_path, "report")
+    res, lines = run_cma(fake_stamps, cache, tmp_path, "report")
     write_report(tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Routing diagnostics" in md and "p (class-independent)" in md
+    # loss terms and gradient norms per parameter group, per task, in results.json and the report
+    assert res["grad_norms"] == [line["grad_norms"] for line in lines]
+    assert res["train_losses"] == [line["train_losses"] for line in lines]
+    assert set(res["grad_norms"][0]) == {"experts", "gates", "adapter_projections", "projections", "heads"}
+    assert res["grad_norms"][0]["experts"] > 0
+    assert "## Loss terms and gradients" in md and "grad norm: gates" in md and "loss: cls" in md
 
 
 def test_split_classification_by_hand():

@@ -49,3 +49,23 @@ def test_tune_resumes_and_writes_settings_that_run_takes(fake_stamps, tmp_path, 
     assert main(["run", "tuxpaint", *over, "method.name=er", "train.lr=0.005", "--tuned", str(out),
                  "--run-dir", str(run2)]) == 0
     assert yaml.safe_load((run2 / "config.yaml").read_text())["train"]["lr"] == pytest.approx(0.005)
+
+
+def test_tune_objective_is_the_mean_over_seeds(fake_stamps, tmp_path):
+    pytest.importorskip("optuna")
+    import optuna
+    root, classes = fake_stamps
+    o = tiny_overrides(root, classes, tmp_path / "cache", tmp_path / "unused",
+                       **{"scenario.num_tasks": 2, "train.epochs": 1, "run.threads": 1})
+    over = [f"{k}={json.dumps(v)}" for k, v in o.items()]
+    study, out = tmp_path / "study", tmp_path / "tuned.yaml"
+    assert main(["tune", "tuxpaint", *over, "--methods", "er", "--study-dir", str(study), "--out", str(out),
+                 "--trials", "1", "--seeds", "0", "1"]) == 0
+    (trial_dir,) = list((study / "er").iterdir())
+    vals = {s: json.loads((trial_dir / f"s{s}" / "results.json").read_text())["val_accuracy"][-1] for s in (0, 1)}
+    seeds = {s: json.loads((trial_dir / f"s{s}" / "results.json").read_text())["seed"] for s in (0, 1)}
+    assert seeds == {0: 0, 1: 1}
+    (trial,) = optuna.load_study(study_name="er", storage=f"sqlite:///{study / 'er.db'}").trials
+    assert trial.value == pytest.approx((vals[0] + vals[1]) / 2)
+    assert trial.user_attrs == pytest.approx({"val_s0": vals[0], "val_s1": vals[1]})
+    assert "mean over seeds 0, 1" in out.read_text()

@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=20, help="trials per method (default 20)")
     tu.add_argument("--study-dir", default="runs/tune", help="studies (SQLite) and trial runs (default runs/tune)")
     tu.add_argument("--out", default="tuned.yaml", help="the settings YAML to write (default tuned.yaml)")
-    tu.add_argument("--seed", type=int, default=0, help="run.seed of the trials and the sampler's seed")
+    tu.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                    help="run.seed of every trial's runs: a trial's objective is the mean validation accuracy "
+                         "over these seeds (default 0); the first also seeds the sampler")
     pr = sub.add_parser("prepare", help="decode and cache a preset's data (run does it too)",
                         description="Decode every file of a preset's data set once into the cache "
                                     "(data.cache_dir); interrupted, it resumes with the files not yet written. "
@@ -199,8 +201,8 @@ def _dispatch(args) -> int:
         return _sweep(args)
     if args.command == "tune":
         from mmcl.tune import tune, write_tuned
-        best = tune(args.preset, args.methods, args.trials, args.study_dir, args.overrides, seed=args.seed)
-        print(write_tuned(best, args.out, args.preset, args.trials, args.overrides))
+        best = tune(args.preset, args.methods, args.trials, args.study_dir, args.overrides, seeds=args.seeds)
+        print(write_tuned(best, args.out, args.preset, args.trials, args.overrides, args.seeds))
         return 0
     overrides = list(args.overrides)
     if args.command == "run" and args.tuned:

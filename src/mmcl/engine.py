@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmcl import metrics, registry
+from mmcl import metrics, optim, registry
 from mmcl.config import Config, to_dict, to_yaml
 from mmcl.data.features import serve_features
 from mmcl.data.prepared import PreparedData, prepare
@@ -93,6 +93,8 @@ class Experiment(ResumableRun):
         self.loader_generator = torch.Generator().manual_seed(cfg.run.seed + 104729)
         self.store = CheckpointStore(self.run_dir / "checkpoints")
         self.progress = Progress()
+        self.param_groups: dict = {}     # optim.named_groups of this task's trainable parameters
+        self.task_grad_norms: dict = {}  # mean gradient norm per group over the last task's steps
         self.epoch_loader_state: torch.Tensor | None = None
         self.opt = self.sched = None
         self.last_checkpoint: str | None = None
@@ -131,13 +133,9 @@ class Experiment(ResumableRun):
 
     def make_optimizer(self, steps: int):
         params = self.method.trainable_parameters()
-        tc = self.cfg.train
-        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        if tc.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        return opt, sched
+        self.param_groups = optim.named_groups(self.model, params)
+        a = self.cfg.adapter
+        return optim.make_optimizer(params, self.param_groups, self.cfg.train, a.lr_scale, a.warmup, steps)
 
     def steps_per_epoch(self, t: int) -> int:
         return math.ceil(len(self.method.train_indices(t)) / self.cfg.train.batch_size)
@@ -159,7 +157,7 @@ class Experiment(ResumableRun):
             self.method.begin_task(t)
             self.opt, self.sched = self.make_optimizer(cfg.train.epochs * self.steps_per_epoch(t))
             self._account_time()
-            p.task, p.begun, p.epoch, p.step, p.task_steps, p.loss_sums = t, True, 0, 0, 0, {}
+            p.task, p.begun, p.epoch, p.step, p.task_steps, p.loss_sums, p.grad_sums = t, True, 0, 0, 0, {}, {}
             p.task_elapsed_s = p.task_train_s = 0.0
             self.epoch_loader_state = None
         while p.epoch < cfg.train.epochs:
@@ -177,6 +175,7 @@ class Experiment(ResumableRun):
         self._account_time()
         p.task_train_s = p.task_elapsed_s
         kill_point("end_task", self.dist.rank, task=t + 1)
+        self.task_grad_norms = {k: round(v / max(1, p.task_steps), 6) for k, v in p.grad_sums.items()}
         return {k: v / max(1, p.task_steps) for k, v in p.loss_sums.items()}
 
     def _train_epoch(self, t: int) -> None:
@@ -211,9 +210,12 @@ class Experiment(ResumableRun):
             if loss.requires_grad:  # a data-parallel rank with no rows in this step has no graph
                 loss.backward()
             self.dist.sync_gradients(params)
+            for k, v in optim.group_grad_norms(self.param_groups).items():  # before clipping
+                p.grad_sums[k] = p.grad_sums.get(k, 0.0) + v
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             self.opt.step()
+            self.method.after_step()
             self.sched.step()
             p.step += 1
             p.task_steps += 1
@@ -252,7 +254,8 @@ class Experiment(ResumableRun):
         sizes = [len(self.scenario.tasks[i].test) for i in range(t + 1)]
         seen = sum(row[i] * sizes[i] for i in range(t + 1)) / sum(sizes)
         record = {"task": t + 1, "accuracy": row[: t + 1], "seen_accuracy": seen, "val_accuracy": val,
-                  "train_losses": train_losses, "train_time_s": round(p.task_train_s, 3),
+                  "train_losses": train_losses, "grad_norms": self.task_grad_norms,
+                  "train_time_s": round(p.task_train_s, 3),
                   "task_time_s": round(p.task_elapsed_s, 3)}
         record.update(self.method.task_record())
         p.R.append(row)
@@ -370,6 +373,8 @@ class Experiment(ResumableRun):
             "accuracy_matrix": p.R, "task_sizes": task_sizes, "val_accuracy": p.val_acc,
             "metrics": metrics.summarize(p.R, task_sizes), "metric_definitions": metrics.DEFINITIONS,
             **self.method.summary(),
+            "train_losses": [r.get("train_losses") for r in p.records],   # mean weighted terms per task
+            "grad_norms": [r.get("grad_norms") for r in p.records],       # mean per parameter group per task
             "task_time_s": [round(x, 3) for x in p.task_times],
             "train_time_s": round(p.train_elapsed_s, 3),
             "prepare_time_s": round(self.prepare_time_s, 3),

@@ -36,6 +36,7 @@ from .results import (
     routing_table,
     run_metrics,
     run_title,
+    training_table,
 )
 
 ACC_PNG = "accuracy_matrix.png"
@@ -215,6 +216,12 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
                                                       for b in range(nb)], rows))
         if USAGE_PNG in images:
             blocks.append(("img", images[USAGE_PNG], "Expert usage per task and block"))
+    training = training_table(results)
+    if training:
+        blocks.append(("h2", "Loss terms and gradients"))
+        blocks.append(("p", "Per task, the mean of each weighted loss term over its training steps and the mean "
+                            "L2 norm of each parameter group's gradient (before clipping)."))
+        blocks.append(("table", *training))
     routing = routing_table(results)
     if routing:
         blocks.append(("h2", "Routing diagnostics"))

@@ -95,3 +95,22 @@ def routing_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     header = ["task", "block", "chi2 vs uniform", "p (uniform)", "p (class-independent)",
               "MI class;expert, nats (random)", "% to experts frozen before", "gate logit std / noise std"]
     return header, rows
+
+
+def training_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Per task: the mean (weighted) loss terms and the mean gradient norm of each parameter
+    group over its steps (mmcl.optim), so a reader sees which term dominates and whether the
+    experts and gates get any gradient; None for results without them."""
+    losses, norms = results.get("train_losses") or [], results.get("grad_norms") or []
+    if not any(losses) and not any(norms):
+        return None
+    terms = sorted({k for d in losses if d for k in d})
+    groups = [g for g in ("experts", "gates", "adapter_projections", "projections", "heads", "other")
+              if any(d and g in d for d in norms)]
+    rows = []
+    for t in range(max(len(losses), len(norms))):
+        lt = losses[t] if t < len(losses) and losses[t] else {}
+        gt = norms[t] if t < len(norms) and norms[t] else {}
+        rows.append([str(t + 1)] + [f"{lt[k]:.4f}" if k in lt else "" for k in terms]
+                    + [f"{gt[g]:.4g}" if g in gt else "" for g in groups])
+    return ["task"] + [f"loss: {k}" for k in terms] + [f"grad norm: {g}" for g in groups], rows

@@ -97,6 +97,7 @@ class Progress:
     step: int = 0                    # finished steps of epoch `epoch` (checkpoint inside an epoch)
     task_steps: int = 0              # finished steps of the task
     loss_sums: dict = dataclasses.field(default_factory=dict)
+    grad_sums: dict = dataclasses.field(default_factory=dict)   # per parameter group (mmcl.optim)
     task_elapsed_s: float = 0.0      # time spent on the current task so far (all sessions)
     task_train_s: float = 0.0        # of which training (until end_task finished)
     train_elapsed_s: float = 0.0     # time spent on tasks so far (all sessions)
@@ -228,7 +229,7 @@ class ResumableRun:
                 for name, v in st.items():
                     tensors[f"optim.{i}.{name}"] = v if torch.is_tensor(v) else torch.tensor(v)
             meta["optimizer"] = {"param_groups": sd["param_groups"],
-                                 "num_params": len(self.opt.param_groups[0]["params"])}
+                                 "num_params": sum(len(g["params"]) for g in self.opt.param_groups)}
             meta["scheduler"] = self.sched.state_dict()
         return tensors, meta
 
@@ -312,9 +313,10 @@ class ResumableRun:
                 t = self.progress.task
                 self.opt, self.sched = self.make_optimizer(self.cfg.train.epochs * self.steps_per_epoch(t))
                 om = meta["optimizer"]
-                if om["num_params"] != len(self.opt.param_groups[0]["params"]):
+                trains = sum(len(g["params"]) for g in self.opt.param_groups)
+                if om["num_params"] != trains:
                     raise CheckpointError(f"{where}: the optimiser had {om['num_params']} parameters, "
-                                          f"this model trains {len(self.opt.param_groups[0]['params'])}")
+                                          f"this model trains {trains}")
                 state: dict = {}
                 for k, v in tensors.items():
                     if k.startswith("optim."):

@@ -198,6 +198,10 @@ class AdapterConfig:
                                  "initialisation) [C]", 1.0, minimum=0.0)
     memory_noise: bool = setting("route memory rows with gate noise in training like current rows; false: memory "
                                  "rows are routed noise-free, as when their stored targets were computed [C]", True)
+    lr_scale: float = setting("learning rate of the experts, gates and adapter projections as a multiple of "
+                              "train.lr [C]", 1.0, above=0.0)
+    warmup: float = setting("fraction of each task's steps over which the adapters' learning rate rises linearly "
+                            "from 0 (0: none) [C]", 0.0, minimum=0.0, maximum=1.0)
     diagnostics: bool = setting("after each task, route the task's training rows without noise, by class: routing "
                                 "tests, gate scales and the use of frozen experts in results.json and the report "
                                 "(one evaluation pass per task)", True)
@@ -216,6 +220,9 @@ class FreezeConfig:
     rule: str = setting("which experts freeze: 'share' (share above freeze.threshold [P]), 'relative' (share above "
                         "freeze.relative / adapter.num_experts) or 'top' (the freeze.top most used) [C]", "share",
                         choices=("share", "relative", "top"))
+    scope: str = setting("what freezing keeps fixed: 'expert' (its own weights [P]) or 'expert_gate' (also its "
+                         "rows of every modality's clean and noise gate weights, which only route to it, so its "
+                         "routing cannot drift either) [C]", "expert", choices=("expert", "expert_gate"))
     relative: float = setting("rule=relative: freeze shares above this multiple of the uniform share 1/E [C]", 1.5,
                               minimum=0.0)
     top: int = setting("rule=top: experts frozen per block and task (the most used not yet frozen) [C]", 2,

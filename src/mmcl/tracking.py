@@ -139,6 +139,7 @@ class Tracker:
                        "eval/val_accuracy": record.get("val_accuracy"),
                        "task/time_s": record.get("task_time_s"), "task/number": record.get("task")})
         values.update({f"task/train_loss/{k}": v for k, v in (record.get("train_losses") or {}).items()})
+        values.update({f"task/grad_norm/{k}": v for k, v in (record.get("grad_norms") or {}).items()})
         values.update({f"method/{k}": v for k, v in summary.items() if _is_number(v)})
         self._scalars({k: float(v) for k, v in values.items() if _is_number(v)}, step)
         usage = summary.get("expert_usage") or []

@@ -3,13 +3,14 @@
 Every method gets ``trials`` trials of the same sampler (TPE, seeded) over its search space:
 ``COMMON_SPACE`` (the learning rate, shared by all) plus the ``search_space`` its class declares
 beside its code (mmcl/methods/<name>.py; e.g. EWC's penalty weight). A trial is one run of the
-preset with the suggested settings; its objective is the validation accuracy on all classes seen
-after the last task (``val_accuracy[-1]`` of results.json). Test accuracy is never read. Each
-method's study is stored in ``STUDY_DIR/<method>.db`` (SQLite) and its trial runs in
-``STUDY_DIR/<method>/<settings hash>/``, so a killed tuning resumes: finished trials count, an
-interrupted one is marked failed and its settings are tried again (its run resumes from its
-checkpoint). The chosen settings are written as a YAML (``methods: {<method>: {key: value}}``)
-that ``mmcl run --tuned FILE`` and a sweep spec's ``tuned:`` take.
+preset with the suggested settings on each of ``seeds``; its objective is the mean over the seeds of
+the validation accuracy on all classes seen after the last task (``val_accuracy[-1]`` of
+results.json), since one seed's accuracy moves by points with the seed alone. Test accuracy is
+never read. Each method's study is stored in ``STUDY_DIR/<method>.db`` (SQLite) and its trial
+runs in ``STUDY_DIR/<method>/<settings hash>/`` (``.../s<seed>/`` with several seeds), so a
+killed tuning resumes: finished trials count, an interrupted one is marked failed and its
+settings are tried again (its run resumes from its checkpoint). The chosen settings are written
+as a YAML (``methods: {<method>: {key: value}}``) that ``mmcl run --tuned FILE`` and a sweep spec's ``tuned:`` take.
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def _trial_dir(study_dir: Path, method: str, params: dict) -> Path:
 
 
 def tune(preset: str, methods: Sequence[str], trials: int, study_dir: str | Path,
-         overrides: Sequence[str] = (), seed: int = 0) -> dict[str, dict]:
+         overrides: Sequence[str] = (), seeds: Sequence[int] = (0,)) -> dict[str, dict]:
     """Run what is missing of ``trials`` trials per method; returns {method: best settings}."""
+    seeds = [int(s) for s in seeds] or [0]
     try:
         import optuna
     except ImportError:
@@ -76,7 +78,7 @@ def tune(preset: str, methods: Sequence[str], trials: int, study_dir: str | Path
         space = search_space(method)
         study = optuna.create_study(study_name=method, storage=f"sqlite:///{study_dir / (method + '.db')}",
                                     load_if_exists=True, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed))
+                                    sampler=optuna.samplers.TPESampler(seed=seeds[0]))
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed tuning
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params)
@@ -84,13 +86,19 @@ def tune(preset: str, methods: Sequence[str], trials: int, study_dir: str | Path
 
         def objective(trial, method=method, space=space):
             params = suggest(trial, space)
-            over = [*overrides, f"method.name={method}", f"run.seed={seed}",
-                    *(f"{k}={format_value(v)}" for k, v in params.items())]
-            results = run(preset, over, run_dir=_trial_dir(study_dir, method, params))
-            val = results.get("val_accuracy") or []
-            if not val or val[-1] is None:
-                raise RuntimeError(f"trial {trial.number} of {method}: no val_accuracy in its results.json")
-            return float(val[-1])
+            values = []
+            for seed in seeds:
+                over = [*overrides, f"method.name={method}", f"run.seed={seed}",
+                        *(f"{k}={format_value(v)}" for k, v in params.items())]
+                folder = _trial_dir(study_dir, method, params)
+                results = run(preset, over, run_dir=folder / f"s{seed}" if len(seeds) > 1 else folder)
+                val = results.get("val_accuracy") or []
+                if not val or val[-1] is None:
+                    raise RuntimeError(f"trial {trial.number} of {method}, seed {seed}: no val_accuracy in its "
+                                       "results.json")
+                values.append(float(val[-1]))
+                trial.set_user_attr(f"val_s{seed}", values[-1])
+            return sum(values) / len(values)
 
         left = max(0, trials - done)
         log.info("tune %s: %d of %d trials done, %d to run (space: %s)", method, done, trials, left,
@@ -104,10 +112,12 @@ def tune(preset: str, methods: Sequence[str], trials: int, study_dir: str | Path
     return best
 
 
-def write_tuned(best: dict[str, dict], path: str | Path, preset: str, trials: int, overrides: Sequence[str]) -> Path:
+def write_tuned(best: dict[str, dict], path: str | Path, preset: str, trials: int, overrides: Sequence[str],
+                seeds: Sequence[int] = (0,)) -> Path:
     from mmcl.io import atomic_write_text
     text = ("# Written by `mmcl tune`: the settings with the best validation accuracy (val_accuracy after\n"
-            f"# the last task) of {trials} trials per method on preset {preset}"
+            f"# the last task, mean over seeds {', '.join(map(str, seeds))}) of {trials} trials per method "
+            f"on preset {preset}"
             + (f" with {' '.join(overrides)}" if overrides else "") + ".\n"
             "# Use with `mmcl run PRESET --tuned THIS_FILE` or `tuned: THIS_FILE` in a sweep spec.\n")
     path = Path(path)

@@ -11,6 +11,8 @@ a method owns its losses and its memory.
     end_task(t)              after training task t: freeze, update memory, store old outputs
                              (the engine calls finish_task(t): the head corrections every
                              method shares, model.weight_align, then end_task(t))
+    after_step()             after every optimiser step (default: put back what freezing keeps
+                             fixed and the optimiser cannot skip, the frozen experts' gate rows)
     predict(batch)           -> logits over the classes seen so far
     trainable_parameters()   what the optimiser of the current task updates
     stores()                 named memories / buffers that state() and load_state() include
@@ -204,6 +206,10 @@ class Method:
 
     def end_task(self, t: int) -> None:
         pass
+
+    def after_step(self) -> None:
+        for adapter in self.model.adapters:
+            adapter.restore_frozen_gates()
 
     @torch.no_grad()
     def predict(self, batch: dict) -> Tensor:

@@ -68,12 +68,15 @@ def balance_from_stats(stats: Tensor) -> Tensor | float:
 class CrossModalityAdapter(nn.Module):
     def __init__(self, widths: dict[str, int], num_experts: int = 10, top_k: int = 2, dim: int = 128,
                  expert: str = "cross_attention", context_tokens: int = 32, noisy_gating: bool = True,
-                 dense: bool = False, gate_init_std: float = 0.0, noise_scale: float = 1.0):
+                 dense: bool = False, gate_init_std: float = 0.0, noise_scale: float = 1.0,
+                 freeze_scope: str = "expert"):
         super().__init__()
         self.modalities = list(widths)
         self.num_experts, self.top_k, self.dim = num_experts, top_k, dim
         self.expert_kind, self.context_tokens = expert, context_tokens
         self.noisy_gating, self.dense, self.noise_scale = noisy_gating, dense, float(noise_scale)
+        self.freeze_scope = freeze_scope
+        self._frozen_gate_rows: dict[str, tuple[Tensor, Tensor]] = {}  # freeze_scope=expert_gate
         self.down = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items()})
         self.up = nn.ModuleDict({m: nn.Linear(dim, w) for m, w in widths.items()})
         for lin in self.up.values():  # identity at initialisation
@@ -130,6 +133,23 @@ class CrossModalityAdapter(nn.Module):
         for e, expert in enumerate(self.experts):
             for p in expert.parameters():
                 p.requires_grad_(not bool(self.frozen[e]))
+        # expert_gate: the frozen experts' gate rows (clean and noise, every modality) as they are
+        # now; restore_frozen_gates puts them back after every optimiser step. The gate matrices
+        # stay one Parameter each (their other rows train), so requires_grad cannot do this, and
+        # AdamW's weight decay would move a row whose gradient is masked.
+        rows = torch.nonzero(self.frozen).flatten()
+        self._frozen_gate_rows = {} if self.freeze_scope != "expert_gate" or not len(rows) else {
+            m: (self.gate[m].weight.detach()[rows].clone(), self.gate_noise[m].weight.detach()[rows].clone())
+            for m in self.modalities}
+
+    @torch.no_grad()
+    def restore_frozen_gates(self) -> None:
+        if not self._frozen_gate_rows:
+            return
+        rows = torch.nonzero(self.frozen).flatten()
+        for m, (clean, noise) in self._frozen_gate_rows.items():
+            self.gate[m].weight[rows] = clean
+            self.gate_noise[m].weight[rows] = noise
 
     # -- routing --------------------------------------------------------------------------------
     @property

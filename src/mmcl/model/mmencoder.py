@@ -96,7 +96,7 @@ class MMModel(nn.Module):
                 self.adapters.append(CrossModalityAdapter(
                     widths, num_experts=a.num_experts, top_k=a.top_k, dim=a.dim, expert=a.expert,
                     context_tokens=a.context_tokens, noisy_gating=a.noisy_gating, dense=a.dense,
-                    gate_init_std=a.gate_init_std, noise_scale=a.noise_scale))
+                    gate_init_std=a.gate_init_std, noise_scale=a.noise_scale, freeze_scope=cfg.freeze.scope))
         mc = cfg.model
         self.proj = nn.ModuleDict({m: mlp(encoders[m].dims[-1], mc.head_hidden, mc.dim_z, mc.input_norm)
                                    for m in self.modalities})

@@ -1,0 +1,80 @@
+"""The optimiser of one task, and what the run records about its gradients.
+
+Trainable parameters are named by what they are (``GROUPS``) from their place in MMModel, so
+that the adapters can get their own learning-rate multiplier and warm-up (``adapter.lr_scale``,
+``adapter.warmup``) and every run records the gradient norm of each group per task (issue 13:
+do the experts and gates learn at all?). The engine calls these for any method; nothing here
+knows one.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ADAPTER_GROUPS", "GROUPS", "group_grad_norms", "group_of", "make_optimizer", "named_groups"]
+
+GROUPS = ("experts", "gates", "adapter_projections", "projections", "heads", "other")
+ADAPTER_GROUPS = frozenset({"experts", "gates", "adapter_projections"})
+
+
+def group_of(name: str) -> str:
+    """The group of an MMModel parameter from its name (``adapters.0.gate.image.weight`` -> gates)."""
+    parts = name.split(".")
+    if parts[0] == "adapters" and len(parts) > 2:
+        return {"experts": "experts", "gate": "gates", "gate_noise": "gates"}.get(parts[2], "adapter_projections")
+    if parts[0] in ("proj", "fusion"):
+        return "projections"
+    if parts[0] == "classifier":
+        return "heads"
+    return "other"   # prompts, fitted encoders, a method's own modules
+
+
+def named_groups(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[str, list[nn.Parameter]]:
+    """``params`` split into GROUPS (in that order, empty groups left out); a parameter that is
+    not the model's (a method's own) goes to 'other'."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, list[nn.Parameter]] = {}
+    for p in params:
+        out.setdefault(group_of(names[id(p)]) if id(p) in names else "other", []).append(p)
+    return {g: out[g] for g in GROUPS if g in out}
+
+
+def make_optimizer(params: Sequence[nn.Parameter], groups: dict[str, list[nn.Parameter]], train_cfg,
+                   adapter_lr_scale: float, adapter_warmup: float, steps: int):
+    """AdamW + the per-task schedule. Without an adapter multiplier or warm-up: one parameter
+    group and the plain schedulers, as every run before these keys (same numbers, same
+    checkpoints). Otherwise one group per name; the adapter groups' learning rate is
+    ``adapter_lr_scale`` x train.lr and rises linearly over the first ``adapter_warmup``
+    fraction of the task's steps, on top of the cosine or constant shape."""
+    tc, steps = train_cfg, max(1, steps)
+    if adapter_lr_scale == 1.0 and not adapter_warmup:
+        opt = torch.optim.AdamW(list(params), lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.schedule == "cosine":
+            return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    param_groups = [{"params": ps, "name": g, "lr": tc.lr * (adapter_lr_scale if g in ADAPTER_GROUPS else 1.0)}
+                    for g, ps in groups.items()]
+    opt = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    warm = max(1, round(adapter_warmup * steps)) if adapter_warmup else 0
+
+    def shape(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if tc.schedule == "cosine" else 1.0
+
+    def factor(w: int):
+        return lambda step: shape(step) * (min(1.0, (step + 1) / w) if w else 1.0)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, [factor(warm if g["name"] in ADAPTER_GROUPS else 0) for g in param_groups])
+
+
+@torch.no_grad()
+def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
+    """The L2 norm of each group's current gradients (parameters without one count 0)."""
+    out = {}
+    for g, ps in groups.items():
+        sq = [p.grad.detach().float().pow(2).sum() for p in ps if p.grad is not None]
+        out[g] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+    return out
