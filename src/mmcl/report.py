@@ -33,6 +33,7 @@ from .results import (
     is_missing,
     load_results,
     pct,
+    robustness_table,
     routing_table,
     run_metrics,
     run_title,
@@ -199,6 +200,14 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
 
     blocks.append(("h2", "Tasks"))
     blocks.append(("table", *_task_table(results, T)))
+
+    robustness = robustness_table(results)
+    if robustness:
+        blocks.append(("h2", "Modality robustness"))
+        blocks.append(("p", "After the last task, the accuracy on the test data of every task with one modality "
+                            "masked in every sample (without it) and with every other modality masked (alone); a "
+                            "condition counts the samples left with a modality under it."))
+        blocks.append(("table", *robustness))
 
     if results.get("frozen_experts") or USAGE_PNG in images:
         blocks.append(("h2", "Expert usage and freezing"))

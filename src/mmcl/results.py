@@ -95,3 +95,24 @@ def routing_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     header = ["task", "block", "chi2 vs uniform", "p (uniform)", "p (class-independent)",
               "MI class;expert, nats (random)", "% to experts frozen before", "gate logit std / noise std"]
     return header, rows
+
+
+def robustness_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The run's modality robustness (results.json's ``modality_robustness``: after the last
+    task, accuracy on every task's test data) as a table: one row per modality, the accuracy
+    with it masked and with it alone (and the samples each counts); None when the run has none."""
+    rob = results.get("modality_robustness")
+    if not isinstance(rob, dict) or not rob.get("without"):
+        return None
+
+    def cell(c: Any) -> str:
+        if not isinstance(c, dict):
+            return "n/a"
+        n = c.get("samples")
+        return pct(c.get("accuracy")) + ("" if n == rob.get("samples") else f" ({n} samples)")
+
+    rows = [["all (as the samples have them)", pct(rob.get("accuracy")), "", str(rob.get("samples", "n/a"))]]
+    for m in rob["without"]:
+        rows.append([m, cell(rob["without"].get(m)), cell((rob.get("alone") or {}).get(m)), ""])
+    header = ["modality", "accuracy without it", "accuracy with it alone", "test samples"]
+    return header, rows
