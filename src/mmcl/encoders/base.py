@@ -64,6 +64,24 @@ class BlockEncoder(nn.Module):
         """A string that changes whenever the prefix output would (cache key)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def randomize_weights(self, seed: int) -> None:
+        """A weak encoder (encoders.<m>.random_weights): every weight replaced by a seeded random
+        draw, the architecture kept. Each submodule that has ``reset_parameters`` (linear,
+        convolution, normalisation, embedding and recurrent layers) re-initialises itself the
+        way PyTorch does; any other parameter (a transformer's class token or position table) is
+        drawn from N(0, 0.02^2); normalisation layers' running statistics are reset. The
+        identity (the cache key) says so."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.modules():
+                if module is not self and callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+                    continue
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+        self._stamp = f"{getattr(self, '_stamp', '')}|random-weights:{seed}"
+
     # -- frozen by construction ---------------------------------------------------------------
     def freeze(self) -> BlockEncoder:
         for p in self.parameters():
