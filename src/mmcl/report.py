@@ -122,6 +122,10 @@ def format_metrics_table(results: dict) -> str:
             rows.append([key, pct(metrics.get(key))])
     if len(rows) > 1:
         lines += _align(rows, [False, True])
+    robustness = robustness_table(results)
+    if robustness:
+        lines += ["", "Modality robustness (accuracy on all test data after the last task):"]
+        lines += _align([robustness[0][:3]] + [r[:3] for r in robustness[1]], [False, True, True])
     return "\n".join(lines).rstrip() + "\n"
 
 
