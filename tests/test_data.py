@@ -266,7 +266,7 @@ def test_prepare_resumes_missing_files_and_skips_unused_modalities(fake_stamps, 
     assert not any(p.name.startswith(".") for p in data.folder.iterdir())  # no temporaries left
     b = data.batch(torch.arange(4))
     assert set(b) == {"text", "label", "domain", "index"}
-    assert set(b["text"]) == {"text_ids", "text_mask"}
+    assert set(b["text"]) == {"text_ids", "text_mask", "present"}  # present: the modality mask
     # turning on the prefix cache computes only the prefix, from the cached inputs
     cfg2 = make_cfg(root, tmp_path, modalities=["text"], cache_prefix=True)
     encs = fake_encoders(cfg2)

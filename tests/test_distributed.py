@@ -109,6 +109,29 @@ def test_prompt_method_in_two_processes_matches_one(fake_stamps, tmp_path):
             torch.testing.assert_close(t2[k], t1[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
+@pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_gloo_available(),
+                    reason="needs torchrun and the gloo backend")
+def test_masked_modalities_and_dropout_in_two_processes_match_one(fake_stamps, tmp_path):
+    """Samples missing speech (on_missing=mask keeps the stamp lacking a recording) and modality
+    dropout drawn for the whole batch: two ranks give the one-process run, robustness table included."""
+    root, classes = fake_stamps
+    o = small_overrides(root, classes, tmp_path / "cache", **{
+        "train.batch_size": 5, "data.on_missing": "mask", "train.modality_dropout.image": 0.3,
+        "train.modality_dropout.speech": 0.3})
+    one = fork_run(tmp_path / "one", o)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(tmp_path / "two", o)
+    assert two.returncode == 0, two.stderr[-4000:]
+    r1, l1, _ = run_outputs(tmp_path / "one")
+    r2, l2, _ = run_outputs(tmp_path / "two")
+    assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
+    assert r2["frozen_experts"] == r1["frozen_experts"]
+    assert r2["modality_robustness"] == r1["modality_robustness"]
+    assert r1["modality_robustness"]["alone"]["speech"]["samples"] < r1["modality_robustness"]["samples"]
+    for a, b in zip(l1, l2):
+        assert b["train_losses"] == pytest.approx(a["train_losses"], rel=1e-4, abs=1e-6)
+
+
 def test_shards_drawing_the_whole_batch_noise_route_as_one_forward(fake_stamps, tmp_path):
     """The model's side of a data-parallel step, in one process: rows run in two shards, each
     with its slice of the whole batch's gate noise and usage counting left to the caller, give

@@ -224,6 +224,8 @@ def _dispatch(args) -> int:
         if args.root:
             remember_root(cfg.data.cache_dir, cfg.data.dataset, args.root)
         left = f", {len(data.excluded)} left out for unreadable files" if data.excluded else ""
+        gaps = {m: int((~p).sum()) for m, p in data.present.items() if not bool(p.all())}
+        left += "".join(f", {n} without {m} (masked)" for m, n in gaps.items())
         print(f"prepared {len(data)} samples of {cfg.data.dataset}{left} in {data.folder}")
         return 0
     from mmcl.engine import Experiment

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmcl import metrics, optim, registry
+from mmcl import evaluation, metrics, optim, registry
 from mmcl.config import Config, to_dict, to_yaml
 from mmcl.data.features import serve_features
 from mmcl.data.prepared import PreparedData, prepare
-from mmcl.distributed import from_env, shard_bounds
+from mmcl.distributed import from_env
 from mmcl.encoders import build_encoder
 from mmcl.io import CheckpointStore, atomic_write_text, write_json, write_jsonl
 from mmcl.methods.base import Method
@@ -116,20 +116,18 @@ class Experiment(ResumableRun):
         for s in range(0, len(order), batch_size):
             yield order[s:s + batch_size]
 
-    @torch.no_grad()
-    def accuracy(self, idx: torch.Tensor) -> float:
-        """Accuracy on samples idx; each rank of a data-parallel run scores its share."""
-        if len(idx) == 0:
-            return float("nan")
-        self.model.eval()
-        start, end = shard_bounds(len(idx), self.dist.world_size, self.dist.rank)
-        correct = torch.zeros(1, dtype=torch.long, device=self.device)
-        for b in self.batches(idx[start:end], self.cfg.eval.batch_size, shuffle=False):
-            batch = self.method.fetch(b)
-            with self.autocast():
-                logits = self.method.predict(batch)
-            correct += (logits.argmax(1) == batch["target"]).sum()
-        return int(self.dist.all_sum_(correct).item()) / len(idx)
+    def accuracy(self, idx: torch.Tensor, absent=()) -> float:
+        """Accuracy on samples idx with the modalities ``absent`` masked (mmcl.evaluation); each
+        rank of a data-parallel run scores its share."""
+        return evaluation.accuracy(self.method, self.dist, idx, self.cfg.eval.batch_size, self.autocast, absent)
+
+    def modality_robustness(self) -> dict | None:
+        """After the last task: accuracy on every task's test data with each modality masked and
+        with each alone (eval.modality_robustness; mmcl.evaluation)."""
+        if not self.cfg.eval.modality_robustness:
+            return None
+        test = torch.cat([task.test for task in self.scenario.tasks])
+        return evaluation.modality_robustness(self.accuracy, self.data.present, test, self.model.modalities)
 
     def make_optimizer(self, steps: int):
         params = self.method.trainable_parameters()
@@ -348,7 +346,7 @@ class Experiment(ResumableRun):
                      100 * record["seen_accuracy"], " ".join(f"{100 * a:.1f}" for a in p.R[t][: t + 1]),
                      p.task_times[-1])
             self._check_stop()
-        results = self._results()
+        results = self._results(self.modality_robustness())
         if cfg.run.save_checkpoint:
             self._on_main("write the final checkpoint", lambda: self.save(self.run_dir / "checkpoints" / "final"))
         self._on_main("write results.json", lambda: write_json(results_path, results))
@@ -364,7 +362,7 @@ class Experiment(ResumableRun):
         except Exception as e:  # a plotting failure must not lose the results written above
             log.warning("could not write the report of %s: %s", self.run_dir, e)
 
-    def _results(self) -> dict:
+    def _results(self, robustness: dict | None = None) -> dict:
         cfg, p = self.cfg, self.progress
         task_sizes = [len(task.test) for task in self.scenario.tasks]
         return {
@@ -372,6 +370,7 @@ class Experiment(ResumableRun):
             "scenario": self.scenario.kind, "tasks": self.scenario.describe(),
             "accuracy_matrix": p.R, "task_sizes": task_sizes, "val_accuracy": p.val_acc,
             "metrics": metrics.summarize(p.R, task_sizes), "metric_definitions": metrics.DEFINITIONS,
+            **({"modality_robustness": robustness} if robustness is not None else {}),
             **self.method.summary(),
             "train_losses": [r.get("train_losses") for r in p.records],   # mean weighted terms per task
             "grad_norms": [r.get("grad_norms") for r in p.records],       # mean per parameter group per task

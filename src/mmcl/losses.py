@@ -58,7 +58,8 @@ def _info_nce(query: Tensor, keys: Tensor, tau: float, groups: Tensor | None = N
 
 
 def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce", tau: float = 0.1,
-              detach_joint: bool = True, groups: Tensor | None = None) -> Tensor:
+              detach_joint: bool = True, groups: Tensor | None = None,
+              present: list[Tensor] | None = None) -> Tensor:
     """L_align: pull each modality's representation toward the joint one.
 
     - ``joint_infonce``: for each modality k, InfoNCE with z_k as query, the same sample's
@@ -69,11 +70,19 @@ def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce",
     ``detach_joint`` stops gradients through z_joint (the joint is the anchor). ``groups``
     (B,): the InfoNCE kinds take only rows of another group as negatives (e.g. the class: a
     sample of the same class is not pushed away).
+
+    ``present`` (one bool (B,) per modality; None: all present): a masked (sample, modality)
+    pair takes no part. The joint kinds average over the present pairs (a masked z_k is
+    neither a query nor anything else; every sample's z_joint, formed from its present
+    modalities, stays a negative); ``pairwise_infonce`` contrasts modalities a and b over the
+    samples that have both, averaged over the pairs that have any.
     """
     if kind not in ALIGN_KINDS:
         raise ValueError(f"alignment kind '{kind}' is not one of {', '.join(ALIGN_KINDS)}")
     if not z_mod:
         raise ValueError("alignment needs at least one modality representation")
+    if present is not None:
+        return _masked_alignment(z_mod, z_joint, kind, tau, detach_joint, groups, present)
     if kind == "pairwise_infonce":
         if len(z_mod) < 2:
             return z_mod[0].sum() * 0.0
@@ -87,6 +96,40 @@ def alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str = "joint_infonce",
     if kind == "joint_cosine":
         return torch.stack([(1 - F.cosine_similarity(z, anchor, dim=-1)).mean() for z in z_mod]).mean()
     return torch.stack([_info_nce(z, anchor, tau, groups) for z in z_mod]).mean()
+
+
+def _masked_alignment(z_mod: list[Tensor], z_joint: Tensor, kind: str, tau: float, detach_joint: bool,
+                      groups: Tensor | None, present: list[Tensor]) -> Tensor:
+    """``alignment`` over the present (sample, modality) pairs only (see there)."""
+    if kind == "pairwise_infonce":
+        terms = []
+        for a in range(len(z_mod)):
+            for b in range(a + 1, len(z_mod)):
+                both = present[a] & present[b]
+                if int(both.sum()) < 1:
+                    continue
+                g = None if groups is None else groups[both]
+                terms.append(0.5 * (_info_nce(z_mod[a][both], z_mod[b][both], tau, g)
+                                    + _info_nce(z_mod[b][both], z_mod[a][both], tau, g)))
+        return torch.stack(terms).mean() if terms else z_joint.sum() * 0.0
+    anchor = z_joint.detach() if detach_joint else z_joint
+    total, pairs = anchor.new_zeros(()), 0
+    for z, p in zip(z_mod, present):
+        rows = torch.nonzero(p).flatten()
+        if not len(rows):
+            continue
+        if kind == "joint_cosine":
+            total = total + (1 - F.cosine_similarity(z[rows], anchor[rows], dim=-1)).sum()
+        else:  # queries: the present rows; keys: every sample's z_joint, the positive at the row's own index
+            q = F.normalize(z[rows], dim=-1)
+            logits = q @ F.normalize(anchor, dim=-1).t() / tau
+            if groups is not None:
+                same = groups[rows].view(-1, 1) == groups.view(1, -1)
+                same[torch.arange(len(rows), device=same.device), rows] = False
+                logits = logits.masked_fill(same, float("-inf"))
+            total = total + F.cross_entropy(logits, rows, reduction="sum")
+        pairs += len(rows)
+    return total / max(1, pairs)
 
 
 def similarity_distribution(z: Tensor, tau: float) -> Tensor:

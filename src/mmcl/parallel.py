@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mmcl.data.batches import keep_modalities, presence
 from mmcl.distributed import Dist, shard_bounds, shard_sizes
 from mmcl.model.adapter import balance_from_stats
 from mmcl.model.mmencoder import MMModel, Output, mute_noise, noise_rows
@@ -38,16 +39,19 @@ from mmcl.model.mmencoder import MMModel, Output, mute_noise, noise_rows
 
 def forward_batch(model: MMModel, dist: Dist, idx: Tensor, fetch: Callable[[Tensor], dict],
                   targets: Callable[[Tensor], Tensor], device: torch.device,
-                  noise_free_from: int | None = None) -> tuple[Output, Tensor]:
+                  noise_free_from: int | None = None, keep: Tensor | None = None) -> tuple[Output, Tensor]:
     """Training forward over the samples ``idx`` -> (outputs of every row, targets).
     ``fetch(idx)``: the batch of those samples on ``device``, with its "target";
     ``targets(idx)``: their targets only. In a data-parallel run each rank computes its slice
     of the rows and the outputs, the gate statistics and the expert-usage counts of the whole
     batch are combined across ranks (see the module docstring). ``noise_free_from``: rows from
     this position on are routed without gate noise (the noise is still drawn for every row, so
-    the RNG advances as it would otherwise)."""
+    the RNG advances as it would otherwise). ``keep``: (rows, modalities) bool, False masks
+    that row's modality (modality dropout, drawn for the whole batch by the caller)."""
     if not dist.enabled:
         batch = fetch(idx)
+        if keep is not None:
+            keep_modalities(batch, model.modalities, keep)
         if noise_free_from is None:
             return model(batch), batch["target"]
         noise = mute_noise(model.draw_routing_noise(len(idx)), noise_free_from)
@@ -57,6 +61,8 @@ def forward_batch(model: MMModel, dist: Dist, idx: Tensor, fetch: Callable[[Tens
     start, end = shard_bounds(n, dist.world_size, dist.rank)
     if end > start:
         batch = fetch(idx[start:end])
+        if keep is not None:
+            keep_modalities(batch, model.modalities, keep[start:end])
         noise = model.draw_routing_noise(n)
         if noise_free_from is not None:
             noise = mute_noise(noise, noise_free_from)
@@ -66,12 +72,17 @@ def forward_batch(model: MMModel, dist: Dist, idx: Tensor, fetch: Callable[[Tens
         out = None
         model.draw_routing_noise(n)
     mods, C, dz = model.modalities, model.classifier.num_classes, model.classifier.dim
+    K = len(mods)
     if out is not None:
-        local = torch.cat([out.logits.float()] + [out.z_mod[m].float() for m in mods] + [out.z_joint.float()], 1)
+        has = torch.stack([out.present[m] if out.present is not None else
+                           torch.ones(len(out.logits), dtype=torch.bool, device=device) for m in mods], 1)
+        local = torch.cat([out.logits.float()] + [out.z_mod[m].float() for m in mods] + [out.z_joint.float(),
+                                                                                            has.float()], 1)
     else:
-        local = torch.zeros(0, C + (len(mods) + 1) * dz, device=device)
+        local = torch.zeros(0, C + (K + 1) * dz + K, device=device)
     full = dist.gather_rows(local, sizes)
     z_mod = {m: full[:, C + i * dz:C + (i + 1) * dz] for i, m in enumerate(mods)}
+    present = presence({m: {"present": full[:, C + (K + 1) * dz + i] > 0.5} for i, m in enumerate(mods)}, mods)
     balance, usage = 0.0, []
     if model.adapters:
         shape = model.routing_stats_shape()
@@ -86,7 +97,7 @@ def forward_batch(model: MMModel, dist: Dist, idx: Tensor, fetch: Callable[[Tens
         if model.training:
             model.add_usage(counts[:, :E], counts[:, E].tolist())
         usage = list(counts[:, :E])
-    output = Output(full[:, :C], z_mod, full[:, C + len(mods) * dz:], balance, usage)
+    output = Output(full[:, :C], z_mod, full[:, C + K * dz:C + (K + 1) * dz], balance, usage, present=present)
     return output, targets(idx)
 
 

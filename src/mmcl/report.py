@@ -33,6 +33,7 @@ from .results import (
     is_missing,
     load_results,
     pct,
+    robustness_table,
     routing_table,
     run_metrics,
     run_title,
@@ -122,6 +123,10 @@ def format_metrics_table(results: dict) -> str:
             rows.append([key, pct(metrics.get(key))])
     if len(rows) > 1:
         lines += _align(rows, [False, True])
+    robustness = robustness_table(results)
+    if robustness:
+        lines += ["", "Modality robustness (accuracy on all test data after the last task):"]
+        lines += _align([robustness[0][:3]] + [r[:3] for r in robustness[1]], [False, True, True])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -200,6 +205,14 @@ def _report_blocks(results: dict, images: dict[str, str]) -> list[tuple]:
 
     blocks.append(("h2", "Tasks"))
     blocks.append(("table", *_task_table(results, T)))
+
+    robustness = robustness_table(results)
+    if robustness:
+        blocks.append(("h2", "Modality robustness"))
+        blocks.append(("p", "After the last task, the accuracy on the test data of every task with one modality "
+                            "masked in every sample (without it) and with every other modality masked (alone); a "
+                            "condition counts the samples left with a modality under it."))
+        blocks.append(("table", *robustness))
 
     if results.get("frozen_experts") or USAGE_PNG in images:
         blocks.append(("h2", "Expert usage and freezing"))

@@ -4,8 +4,8 @@ After each task of ``report.tsne_after`` the engine stores z_joint and every mod
 the test samples of the tasks seen so far in ``RUN_DIR/representations.npz`` (float16, 0.8 MB
 for the default run), so that ``mmcl report RUN_DIR --tsne`` draws them without the
 model. Arrays, per stored task t (1-based): ``after<t>.joint``, ``after<t>.<modality>``
-(n, dim_z), ``after<t>.label`` (class index), ``after<t>.task`` (the 1-based task each
-sample belongs to); and ``classes`` (class names), ``modalities``.
+(n, dim_z; NaN rows for samples that miss the modality), ``after<t>.label`` (class index),
+``after<t>.task`` (the 1-based task each sample belongs to); and ``classes`` (class names), ``modalities``.
 
 ``embed_2d`` is the t-SNE itself: scikit-learn's Barnes-Hut TSNE (an
 optional extra, ``pip install 'mmcl[tsne]'``). scikit-learn rather than openTSNE: the test
@@ -117,9 +117,12 @@ def tsne_panels(arrays: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
         mods = [m for m in modalities if pre + m in arrays]
         label = arrays[pre + "label"]
         stacked = np.concatenate([arrays[pre + m] for m in mods]) if mods else None
+        mod_label, mod_index = np.tile(label, len(mods)), np.repeat(np.arange(len(mods)), len(label))
+        if stacked is not None:  # a sample's masked modality has no z_k (NaN rows): not drawn
+            real = np.isfinite(stacked).all(1)
+            stacked, mod_label, mod_index = stacked[real], mod_label[real], mod_index[real]
         rows.append({
             "after": t, "joint": embed_2d(arrays[pre + "joint"], seed), "label": label, "task": arrays[pre + "task"],
             "mod_xy": embed_2d(stacked, seed) if stacked is not None else None,
-            "mod_label": np.tile(label, len(mods)), "mod_index": np.repeat(np.arange(len(mods)), len(label)),
-            "modalities": mods, "classes": classes})
+            "mod_label": mod_label, "mod_index": mod_index, "modalities": mods, "classes": classes})
     return rows

@@ -114,3 +114,24 @@ def training_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
         rows.append([str(t + 1)] + [f"{lt[k]:.4f}" if k in lt else "" for k in terms]
                     + [f"{gt[g]:.4g}" if g in gt else "" for g in groups])
     return ["task"] + [f"loss: {k}" for k in terms] + [f"grad norm: {g}" for g in groups], rows
+
+
+def robustness_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The run's modality robustness (results.json's ``modality_robustness``: after the last
+    task, accuracy on every task's test data) as a table: one row per modality, the accuracy
+    with it masked and with it alone (and the samples each counts); None when the run has none."""
+    rob = results.get("modality_robustness")
+    if not isinstance(rob, dict) or not rob.get("without"):
+        return None
+
+    def cell(c: Any) -> str:
+        if not isinstance(c, dict):
+            return "n/a"
+        n = c.get("samples")
+        return pct(c.get("accuracy")) + ("" if n == rob.get("samples") else f" ({n} samples)")
+
+    rows = [["all (as the samples have them)", pct(rob.get("accuracy")), "", str(rob.get("samples", "n/a"))]]
+    for m in rob["without"]:
+        rows.append([m, cell(rob["without"].get(m)), cell((rob.get("alone") or {}).get(m)), ""])
+    header = ["modality", "accuracy without it", "accuracy with it alone", "test samples"]
+    return header, rows

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,9 @@ class EncoderConfig:
         "downloaded only when MMCL_DOWNLOAD=1), or 'random' (tiny random config, tests)", "package")
     width: int = setting("hidden width of the 'random' config (tests); ignored otherwise", 32, minimum=1)
     layers: int = setting("layer count of the 'random' config (tests); ignored otherwise", 3, minimum=1)
+    random_weights: bool = setting(
+        "a weak encoder (docs/weak_encoder.md): keep the architecture that kind and source give, replace every "
+        "weight by a seeded random draw (the same in every run), frozen like any encoder", False)
 
 
 @dataclass
@@ -124,9 +127,10 @@ class DataConfig:
                         "modality, optional domain / split / group; see the README)", "")
     domains: list[str] = setting("manifest, samsemo: domains used (empty: all; manifest: in order of appearance, "
                              "samsemo: EN, DE, ES, PL, KO)", factory=list)
-    on_missing: str = setting("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file) "
-                          "or 'skip' (leave the sample out; counted, listed in the run's data info)", "fail",
-                          choices=('fail', 'skip'))
+    on_missing: str = setting("a sample whose file is missing or cannot be decoded: 'fail' (stop, naming the file), "
+                          "'skip' (leave the sample out; counted, listed in the run's data info) or 'mask' (keep "
+                          "it with that modality masked; a sample left with no modality is an error)", "fail",
+                          choices=('fail', 'skip', 'mask'))
     root: str = setting("data set root; empty: $MMCL_<DATASET>_ROOT (e.g. MMCL_TUXPAINT_ROOT, MMCL_AVE_ROOT), else "
                     "the folder last given to `mmcl prepare <preset> --root DIR`, else (tuxpaint only) "
                     "/usr/share/tuxpaint/stamps (docs/datasets.md)", "")
@@ -163,6 +167,10 @@ class ModelConfig:
     head_hidden: int = setting("hidden width of the projection and fusion MLPs [C]", 256, minimum=1)
     pool: str = setting("token pooling before projection: 'mean' (over valid tokens)", "mean", choices=('mean',))
     input_norm: bool = setting("LayerNorm on the inputs of the projection and fusion MLPs [C]", True)
+    missing_fusion: str = setting(
+        "how z_joint is formed when a sample misses modalities: 'present_mean' (each absent modality's slot of the "
+        "fusion input holds the mean of the present modalities' z_k) [C]", "present_mean",
+        choices=("present_mean",))
     adapters: bool = setting("cross-modality adapters after every block; false = frozen features only", True)
     cached_features: bool = setting(
         "a model without adapters and prompts trains and evaluates from each sample's pooled frozen features, "
@@ -258,6 +266,16 @@ class MemoryConfig:
     batch_size: int = setting("memory samples drawn per training step from task 2 on [C]", 32, minimum=1)
 
 
+# train.modality_dropout.<slot>: one probability per modality slot, so that a new slot gets its key
+# from MODALITY_TYPES alone.
+ModalityDropoutConfig = make_dataclass("ModalityDropoutConfig", [
+    (slot, float, setting(f"probability that a row of a training step (current or memory) has its {slot} masked; "
+                          "a row keeps at least one modality [C]", 0.0, minimum=0.0, maximum=1.0))
+    for slot in MODALITY_TYPES])
+ModalityDropoutConfig.__module__ = __name__
+ModalityDropoutConfig.__doc__ = "Modality dropout in training: one probability per modality slot."
+
+
 @dataclass
 class TrainConfig:
     epochs: int = setting("epochs per task", 3, minimum=1)
@@ -267,11 +285,17 @@ class TrainConfig:
     schedule: str = setting("'cosine' within each task, or 'constant'", "cosine", choices=('cosine', 'constant'))
     precision: str = setting("'fp32' or 'bf16' (autocast)", "fp32", choices=('fp32', 'bf16'))
     grad_clip: float = setting("max gradient norm; 0 disables", 0.0, minimum=0.0)
+    modality_dropout: ModalityDropoutConfig = setting(
+        "modality dropout: per modality slot, the probability that a training sample's modality is masked",
+        factory=lambda: ModalityDropoutConfig())
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = setting("evaluation batch size", 128, minimum=1)
+    modality_robustness: bool = setting(
+        "after the last task, the accuracy on all test data with each modality masked and with each modality "
+        "alone (results.json's modality_robustness, a table in the report); two passes per modality", True)
 
 
 @dataclass

@@ -6,7 +6,8 @@ from the release's own list files, or from the split lists shipped in ``mmcl/dat
 (AV-CIL's AVE and Kinetics-Sounds splits); ``ClipDataset`` turns them into the records and
 sources that ``mmcl.data.prepared.prepare`` decodes once. A missing file is found while
 indexing, an unreadable one while decoding: ``data.on_missing=fail`` stops with the path,
-``skip`` leaves the sample out and counts it (listed in the log and the run's data info).
+``skip`` leaves the sample out and counts it (listed in the log and the run's data info),
+``mask`` keeps the sample with that modality masked (counted and listed the same way).
 """
 from __future__ import annotations
 
@@ -116,12 +117,13 @@ class ClipDataset:
             if c is not None and os.path.exists(c):
                 return str(c)
         first = next(c for c in candidates if c is not None)
-        if self.data.on_missing == "skip":
+        if self.data.on_missing in ("skip", "mask"):
             self.skipped.append(f"{item}: {what} {first}")
             return str(first)
         tried = ", ".join(str(c) for c in candidates if c is not None)
         raise DataError(f"{self.registered_name}: {what} of {item} is missing (looked for {tried}). "
-                        f"Restore it, or run with data.on_missing=skip to leave such samples out.")
+                        f"Restore it, or run with data.on_missing=skip to leave such samples out (mask: keep "
+                        "them with that modality masked).")
 
     def index(self) -> tuple[list[dict], dict[str, list]]:
         classes = self.classes
@@ -148,8 +150,9 @@ class ClipDataset:
                             "stamp": it.get("group") or it["id"], "split": it.get("split", ""),
                             "rows": {m: i for m in mods}})
         if self.skipped:
-            log.warning("%s: %d file(s) missing, their samples will be left out (data.on_missing=skip), e.g. %s",
-                        self.registered_name, len(self.skipped), self.skipped[0])
+            fate = "keep that modality masked" if self.data.on_missing == "mask" else "will be left out"
+            log.warning("%s: %d file(s) missing, their samples %s (data.on_missing=%s), e.g. %s",
+                        self.registered_name, len(self.skipped), fate, self.data.on_missing, self.skipped[0])
         if not records:
             raise DataError(f"{self.registered_name}: no usable samples under {self.root} for classes "
                             f"{classes[:4]}... (expected {self.LAYOUT})")
@@ -158,6 +161,10 @@ class ClipDataset:
     def hints(self) -> tuple[str, str]:
         """(missing, corrupt) advice; with data.on_missing=skip already set, the sample is left
         out, and the advice only says how to get it back."""
+        if self.data.on_missing == "mask":
+            return ("The sample keeps that modality masked; restore the file to use it.",
+                    f"The file is corrupt or unreadable; the sample keeps that modality masked. Replace the file "
+                    f"from the {self.registered_name} release to use it.")
         if self.data.on_missing == "skip":
             return ("The sample is left out; restore the file to use it.",
                     f"The file is corrupt or unreadable; the sample is left out. Replace the file from the "

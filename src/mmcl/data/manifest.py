@@ -17,8 +17,12 @@ Columns (JSONL: keys):
 ``data.classes`` empty (the ``manifest`` preset) = every label in the manifest, sorted; a list
 = those classes, and a row whose label is not in it is an error naming the row. ``data.domains``
 empty = every domain in order of first appearance; a list = only rows of those domains.
+A missing modality: leave its cell empty (JSONL: null or "", or no key in that row; the first
+row must have every column); that sample has the modality masked (docs/method.md, "Missing
+modalities"). A row whose every modality cell is empty is an error naming the row.
 Missing files are found while indexing: ``data.on_missing=fail`` (default) stops with the file
-and row, ``skip`` leaves those rows out and reports how many.
+and row, ``skip`` leaves those rows out and reports how many, ``mask`` keeps them with that
+modality masked (a file that cannot be decoded: the same, when it is decoded).
 """
 from __future__ import annotations
 
@@ -48,6 +52,9 @@ HINTS = ("Restore the file, fix its path in the manifest (paths are relative to 
 SKIP_HINTS = ("The row is left out; restore the file or fix its path in the manifest (paths are relative "
               "to the manifest's folder) to use it.",
               "The file is corrupt or unreadable; the row is left out. Replace the file to use it.")
+# With data.on_missing=mask: the row stays with that modality masked.
+MASK_HINTS = ("The row keeps that modality masked; restore the file or fix its path in the manifest to use it.",
+              "The file is corrupt or unreadable; the row keeps that modality masked. Replace the file to use it.")
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -92,6 +99,8 @@ class Manifest:
         self.base = self.path.parent
         self._rows: list[dict] | None = None
         self.skipped: list[str] = []
+        self.masked: list[str] = []  # files missing with data.on_missing=mask
+        self.empty_cells: dict[str, int] = {}
 
     def rows(self) -> list[dict]:
         if self._rows is None:
@@ -127,19 +136,41 @@ class Manifest:
                 "video_frames": d.video_frames, "on_missing": d.on_missing}
 
     def info(self) -> dict:
-        return {"manifest": str(self.path), "skipped_rows": list(self.skipped)}
+        return {"manifest": str(self.path), "skipped_rows": list(self.skipped), "masked_files": list(self.masked),
+                "empty_cells": dict(self.empty_cells)}
 
     def _file(self, value, row_no: int, column: str) -> str | None:
-        if value is None or str(value).strip() == "":
-            raise DataError(f"manifest {self.path}, row {row_no}: the '{column}' cell is empty")
+        """The cell's file; None when it is missing and data.on_missing is skip or mask."""
         path = Path(os.path.expanduser(str(value)))
         path = path if path.is_absolute() else self.base / path
         if path.is_file() or (MODALITY_TYPES.get(column) == "video" and path.is_dir()):  # frame folder
             return str(path)
-        if self.data.on_missing == "skip":
-            self.skipped.append(f"row {row_no}: {column} {path}")
+        if self.data.on_missing in ("skip", "mask"):
+            (self.skipped if self.data.on_missing == "skip" else self.masked).append(f"row {row_no}: {column} {path}")
             return None
-        raise DataError(f"manifest {self.path}, row {row_no}: {column} file {path} is missing. {HINTS[0]}")
+        raise DataError(f"manifest {self.path}, row {row_no}: {column} file {path} is missing. {HINTS[0]} Or "
+                        "data.on_missing=mask to keep it with that modality masked; an empty cell is a missing "
+                        "modality.")
+
+    def _values(self, row: dict, n: int) -> dict[str, str] | None:
+        """{modality: source} of the modalities row n has (an empty cell: missing); None when
+        the row is left out (a missing file, data.on_missing=skip)."""
+        values = {}
+        for m in self.data.modalities:
+            cell = row.get(m)
+            if cell is None or str(cell).strip() == "":
+                self.empty_cells[m] = self.empty_cells.get(m, 0) + 1
+                continue
+            v = str(cell) if m == "text" else self._file(cell, n, m)
+            if v is None and self.data.on_missing == "skip":
+                return None
+            if v is not None:
+                values[m] = v
+        if not values:
+            raise DataError(f"manifest {self.path}, row {n}: no modality ({', '.join(self.data.modalities)}): "
+                            "every cell is empty or names a missing file; a sample needs at least one. Fill a "
+                            "cell, or remove the row.")
+        return values
 
     def index(self) -> tuple[list[dict], dict[str, list]]:
         classes, domains = self.classes, self.domains
@@ -147,7 +178,7 @@ class Manifest:
         domain_id = {d: i for i, d in enumerate(domains)}
         records: list[dict] = []
         sources: dict[str, list] = {m: [] for m in self.data.modalities}
-        self.skipped = []
+        self.skipped, self.masked, self.empty_cells = [], [], {}
         for n, row in enumerate(self.rows(), 1):
             label = str(row.get("label", "")).strip()
             if label not in class_id:
@@ -162,27 +193,33 @@ class Manifest:
             split = str(row.get("split") or "").strip().lower()
             if split and split not in ("train", "val", "test"):
                 raise DataError(f"manifest {self.path}, row {n}: split '{split}' must be train, val or test")
-            values = {}
-            for m in self.data.modalities:
-                values[m] = str(row[m]) if m == "text" else self._file(row[m], n, m)
-            if any(v is None for v in values.values()):
+            values = self._values(row, n)
+            if values is None:
                 continue
-            i = len(records)
-            for m, v in values.items():
-                sources[m].append(v)
-            records.append({"index": i, "row": n, "label": class_id[label], "class_name": label,
+            rows = {}
+            for m in self.data.modalities:
+                rows[m] = len(sources[m]) if m in values else -1  # -1: this sample has no m (masked)
+                if m in values:
+                    sources[m].append(values[m])
+            records.append({"index": len(records), "row": n, "label": class_id[label], "class_name": label,
                             "domain": domain_id[domain], "stamp": str(row.get("group") or f"row{n}"),
-                            "split": split, "rows": {m: i for m in self.data.modalities}})
+                            "split": split, "rows": rows})
         if self.skipped:
             log.warning("manifest %s: %d row(s) left out for missing files (data.on_missing=skip): %s",
                         self.path, len(self.skipped), "; ".join(self.skipped[:5]))
+        if self.masked:
+            log.warning("manifest %s: %d missing file(s), their modality masked (data.on_missing=mask): %s",
+                        self.path, len(self.masked), "; ".join(self.masked[:5]))
+        if self.empty_cells:
+            log.info("manifest %s: empty cells (a missing modality, masked): %s", self.path,
+                     ", ".join(f"{m} {k}" for m, k in self.empty_cells.items()))
         if not records:
             raise DataError(f"manifest {self.path}: no usable rows (classes {classes}, domains {domains})")
         return records, sources
 
     def decoder(self, modality: str) -> Callable | None:
         kind = MODALITY_TYPES.get(modality)
-        hints = SKIP_HINTS if self.data.on_missing == "skip" else HINTS
+        hints = {"skip": SKIP_HINTS, "mask": MASK_HINTS}.get(self.data.on_missing, HINTS)
         if kind == "image":
             return functools.partial(decode_png, hints=hints)
         if kind == "audio":

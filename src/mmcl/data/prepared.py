@@ -9,12 +9,13 @@ gathers batches with ``index_select`` on in-memory tensors: no decoding, no data
 Cache folder: ``<data.cache_dir>/<dataset>/<key>/`` where key hashes the settings that change
 the inputs and every used encoder's ``identity()``::
 
-    records.json               samples (class, domain, row per modality) and their sources
+    records.json               samples (class, domain, row per modality: -1 when the sample
+                               has no such modality) and their sources
     inputs_<mod>.safetensors   the encoder's preprocess output for every row
     parts/<mod>-<row>.*        while a modality is decoded: every SHARD_ROWS rows as they are
                                done (an interrupted preparation resumes from them); merged
                                into inputs_<mod> and removed at the end
-    unreadable_<mod>.json      rows whose file could not be decoded (data.on_missing=skip)
+    unreadable_<mod>.json      rows whose file could not be decoded (data.on_missing=skip / mask)
     prefix_<mod>.safetensors   {"tokens": fp16 (R, N, D), "mask": bool (R, N) when masked}
 
 Each file is written atomically (temporary name in the same folder, then ``os.replace``), so
@@ -95,16 +96,19 @@ def prepare(cfg, encoders: dict[str, Any], progress: bool = True, workers: int |
     folder = _folder(data, dataset, encoders)
     mods = list(data.modalities)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    skip_bad = getattr(data, "on_missing", "fail") == "skip"
+    on_missing = getattr(data, "on_missing", "fail")
+    skip_bad = on_missing in ("skip", "mask")  # an unreadable file is listed, not fatal
     show = _show_progress(progress)
     with cache_lock(folder, data.dataset):
         timings = _fill(folder, data, dataset, encoders, mods, chunk_size, workers, show, skip_bad)
     prepared = PreparedData.from_folder(folder, mods, use_prefix=data.cache_prefix,
-                                        split_fn=ds_cls.split_samples, fractions=data.split)
+                                        split_fn=ds_cls.split_samples, fractions=data.split,
+                                        mask_unreadable=on_missing == "mask")
     if prepared.unreadable and not skip_bad:
         raise DataError(f"{len(prepared.unreadable)} file(s) of this data set could not be read when it was "
-                        f"prepared (with data.on_missing=skip), e.g. {prepared.unreadable[0]} Fix or replace "
-                        f"them and delete {folder}, or run with data.on_missing=skip.")
+                        f"prepared (with data.on_missing=skip or mask), e.g. {prepared.unreadable[0]} Fix or "
+                        f"replace them and delete {folder}, or run with data.on_missing=skip (leave those "
+                        "samples out) or mask (keep them with that modality masked).")
     prepared.timings = timings
     return prepared
 
@@ -161,6 +165,9 @@ def _fill(folder: Path, data, dataset, encoders, mods, chunk_size, workers, show
         pre_path = folder / f"prefix_{mod}.safetensors"
         inputs = None
         if not in_path.exists():
+            if not meta["sources"][mod]:
+                raise DataError(f"no sample of {data.dataset} has a {mod} (every one is missing): take it out of "
+                                f"data.modalities={list(mods)}")
             t0 = time.perf_counter()
             try:
                 inputs, bad = prepare_inputs(enc, dataset.decoder(mod), meta["sources"][mod], mod,

@@ -1,6 +1,13 @@
 """A prepared data set in memory (``mmcl.data.prepared.prepare`` returns one): its records and,
 per modality, the cached tensors; ``batch(idx)`` gathers samples, ``split(seed)`` gives the
-train/val/test indices."""
+train/val/test indices.
+
+A sample may miss a modality: its record's row for it is -1 (a manifest's empty cell, a file
+missing with data.on_missing=mask), or the row's file could not be read (data.on_missing=mask).
+``present[m]`` (bool, one per sample) says which samples have modality m; every batch carries
+it as ``batch[m]["present"]``, and the model, the losses and the memory leave a masked
+modality out (docs/method.md, "Missing modalities"). A masked modality's entry in a batch holds
+the tensors of a stand-in row, never read for anything: nothing is a silent zero tensor."""
 from __future__ import annotations
 
 import logging
@@ -43,9 +50,13 @@ class PreparedData:
         self.unreadable: list[str] = []
         self.labels = torch.tensor([r["label"] for r in self.records], dtype=torch.long)
         self.domain_ids = torch.tensor([r["domain"] for r in self.records], dtype=torch.long)
-        # sample index -> row of each modality's tensors (an image row is shared by languages)
-        self.rows = {m: torch.tensor([r["rows"][m] for r in self.records], dtype=torch.long)
-                     for m in self.modalities}
+        # sample index -> row of each modality's tensors (an image row is shared by languages);
+        # -1: the sample has no such modality
+        rows = {m: torch.tensor([r["rows"].get(m, -1) for r in self.records], dtype=torch.long)
+                for m in self.modalities}
+        self.present: dict[str, torch.Tensor] = {m: r >= 0 for m, r in rows.items()}
+        self.rows = {m: r.clamp_min(0) for m, r in rows.items()}  # a masked sample reads a stand-in row
+        self.check_present()
         # Per-row valid lengths let batch() trim padding to the longest sample it holds.
         self._lengths: dict[str, torch.Tensor | None] = {}
         self._trim_keys: dict[str, set[str]] = {}
@@ -83,7 +94,11 @@ class PreparedData:
 
     @classmethod
     def from_folder(cls, folder: str | Path, modalities: Iterable[str], use_prefix: bool,
-                    split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> PreparedData:
+                    split_fn: Callable, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                    mask_unreadable: bool = False) -> PreparedData:
+        """The prepared data of a cache folder. Samples using a file that could not be read are
+        left out of every split, or with ``mask_unreadable`` (data.on_missing=mask) keep that
+        modality masked."""
         folder = Path(folder)
         meta = read_records(folder / "records.json")
         kind = "prefix" if use_prefix else "inputs"
@@ -95,12 +110,41 @@ class PreparedData:
             tensors[m] = load_tensors(path)
         unreadable = {m: read_unreadable(folder / f"unreadable_{m}.json") for m in modalities}
         out = cls(meta, tensors, use_prefix, split_fn, fractions, folder)
-        out.exclude_unreadable(unreadable)
+        out.exclude_unreadable(unreadable, mask=mask_unreadable)
         return out
 
-    def exclude_unreadable(self, unreadable: dict[str, dict[int, str]]) -> None:
+    def describe(self, i: int) -> str:
+        """Sample i as a person finds it: its manifest row, its id or its stamp."""
+        r = self.records[i]
+        if "row" in r:
+            return f"manifest row {r['row']}"
+        if "id" in r:
+            return f"sample {r['id']}"
+        if "stamp" in r:
+            return f"stamp {r['stamp']}" + (f" ({r['language']})" if r.get("language") else "")
+        return f"sample {i}"
+
+    def check_present(self) -> None:
+        """A sample without any modality is an error naming it (and how many more there are)."""
+        if not self.present:
+            return
+        none = ~torch.stack(list(self.present.values())).any(0)
+        if bool(none.any()):
+            bad = torch.nonzero(none).flatten().tolist()
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise DataError(f"{self.describe(bad[0])}{more} has no modality left ({', '.join(self.modalities)} all "
+                            "missing or unreadable): a sample needs at least one. Restore its files, or run with "
+                            "data.on_missing=skip to leave such samples out.")
+
+    def present_matrix(self, idx) -> torch.Tensor:
+        """(len(idx), modalities) bool: which of the samples idx have which modality."""
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        return torch.stack([self.present[m].index_select(0, idx) for m in self.modalities], 1)
+
+    def exclude_unreadable(self, unreadable: dict[str, dict[int, str]], mask: bool = False) -> None:
         """Leave out of every split the samples that use an unreadable file ({modality: {row:
-        message}}, from preparation with data.on_missing=skip); log the count and the files."""
+        message}}, from preparation with data.on_missing=skip or mask); with ``mask``, keep them
+        with that modality masked instead. Logs the count and the files."""
         seen: dict[str, str] = {}  # one file read for two modalities (accel + gyro, a video's audio) counts once
         for m, rows in unreadable.items():
             sources = self.meta.get("sources", {}).get(m, [])
@@ -110,8 +154,16 @@ class PreparedData:
         bad = set()
         for m, rows in unreadable.items():
             if m in self.rows and rows:
-                hit = torch.isin(self.rows[m], torch.tensor(sorted(rows), dtype=torch.long))
+                hit = torch.isin(self.rows[m], torch.tensor(sorted(rows), dtype=torch.long)) & self.present[m]
+                if mask:
+                    self.present[m] = self.present[m] & ~hit
                 bad.update(int(i) for i in torch.nonzero(hit).flatten())
+        if mask:
+            self.check_present()
+            if bad:
+                log.warning("%d sample(s) keep a modality masked: %d file(s) could not be read (data.on_missing="
+                            "mask); e.g. %s", len(bad), len(self.unreadable), self.unreadable[0])
+            return
         self.excluded = bad
         if bad:
             log.warning("%d sample(s) left out: %d file(s) could not be read (data.on_missing=skip); e.g. %s",
@@ -127,8 +179,9 @@ class PreparedData:
     def batch(self, idx) -> dict[str, Any]:
         """Samples idx -> {mod: {"tokens": float32 (b, N, D), "mask": bool (b, N) or None}}
         (prefix cached) or {mod: {input key: tensor}}, or {mod: {"pooled": float32 (b, D)}}
-        while ``serve_features`` is on, plus "label", "domain", "index". Masked modalities are
-        trimmed to the longest valid sample in the batch."""
+        while ``serve_features`` is on, each with "present": bool (b,) (False: the sample misses
+        the modality, whose tensors in that row are a stand-in's), plus "label", "domain",
+        "index". Token-masked modalities are trimmed to the longest valid sample in the batch."""
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         out: dict[str, Any] = {}
         for m in self.modalities:
@@ -137,6 +190,7 @@ class PreparedData:
                 out[m] = {"pooled": self.features[m].index_select(0, rows).float()}
             else:
                 out[m] = self.row_item(m, rows)
+            out[m]["present"] = self.present[m].index_select(0, idx)
         out["label"] = self.labels.index_select(0, idx)
         out["domain"] = self.domain_ids.index_select(0, idx)
         out["index"] = idx.clone()

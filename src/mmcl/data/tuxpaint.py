@@ -10,6 +10,9 @@ A stamp's class is its first two folder levels under the root (``animals/mammals
 directly in a top-level folder takes that folder (``clothes``). One sample is one
 (stamp, language) pair: the stamp's image, its text in that language and the spoken
 description in that language. The image is stored once per stamp and shared by its samples.
+
+A stamp lacking its description file or a language's recording is left out, except with
+``data.on_missing=mask``: then it is kept (it needs its image) with that modality masked.
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ class TuxPaint:
         root = dataset_root(data, "tuxpaint", "MMCL_TUXPAINT_ROOT") or "/usr/share/tuxpaint/stamps"
         self.root = Path(os.path.expanduser(root))
         self.text_fallbacks: list[str] = []  # "stamp:lang" that used the English line
+        self.masked: list[str] = []  # "stamp:lang" kept with text or speech masked (on_missing=mask)
 
     @property
     def classes(self) -> list[str]:
@@ -98,7 +102,10 @@ class TuxPaint:
 
     def info(self) -> dict:
         """Notes stored with the prepared data (after ``index``)."""
-        return {"text_fallbacks": list(self.text_fallbacks)}
+        out = {"text_fallbacks": list(self.text_fallbacks)}
+        if self.masked:
+            out["masked_samples"] = list(self.masked)
+        return out
 
     def settings(self) -> dict:
         """Everything in the config that changes the prepared inputs (the cache key)."""
@@ -106,15 +113,18 @@ class TuxPaint:
         return {"root": str(self.root.resolve()), "classes": list(d.classes),
                 "languages": list(self.section.languages), "image_size": d.image_size,
                 "max_text_tokens": d.max_text_tokens, "max_speech_seconds": d.max_speech_seconds,
-                "sample_rate": d.sample_rate, "max_stamps_per_class": self.section.max_stamps_per_class}
+                "sample_rate": d.sample_rate, "max_stamps_per_class": self.section.max_stamps_per_class,
+                # (only with mask: stamps lacking files are indexed then; the other values share a cache)
+                **({"on_missing": "mask"} if d.on_missing == "mask" else {})}
 
     def discover(self) -> dict[str, list[str]]:
         """{class: sorted stamp paths relative to the root, without extension} for data.classes.
 
         Stamps lacking a file (SVG-only stamps, stamps without NAME.txt or without a
-        recording for one of data.tuxpaint.languages) are left out by design: every sample must have
-        all three modalities. A listed class left without stamps is an error naming the class,
-        the closest class folder that has stamps, and what its stamps lack."""
+        recording for one of data.tuxpaint.languages) are left out, unless data.on_missing=mask
+        keeps those with an image (their missing text or speech masked). A listed class left
+        without stamps is an error naming the class, the closest class folder that has stamps,
+        and what its stamps lack."""
         if not self.root.is_dir():
             raise DataError(f"Tux Paint stamps not found at {self.root} (data.root). {INSTALL_HINT}")
         languages = list(self.section.languages)
@@ -143,7 +153,7 @@ class TuxPaint:
                 pngs[cls] += 1
                 need = [f"{stem}.txt"] + [f"{stem}_desc_{lang}.ogg" for lang in languages]
                 absent = [n for n in need if n not in names]
-                if absent:
+                if absent and self.data.on_missing != "mask":
                     if cls in wanted:
                         skipped += 1
                         lacking.setdefault(cls, (rel / absent[0]).as_posix())
@@ -191,24 +201,36 @@ class TuxPaint:
         records: list[dict] = []
         sources: dict[str, list] = {"image": [], "text": [], "speech": []}
         self.text_fallbacks = []
+        masking = self.data.on_missing == "mask"  # discover kept stamps lacking files: mask those
+        self.masked = []
         for label, (cls, stamps) in enumerate(self.discover().items()):
             for stamp in stamps:
-                english, texts = read_descriptions(str(self.root / f"{stamp}.txt"))
+                has_text = not masking or os.path.isfile(self.root / f"{stamp}.txt")
+                english, texts = read_descriptions(str(self.root / f"{stamp}.txt")) if has_text else ("", {})
                 image_row = len(sources["image"])
                 sources["image"].append(f"{stamp}.png")
                 for domain, lang in enumerate(languages):
                     text = texts.get(lang, "")
                     if lang == "en":
                         text = english  # English is the first line, there is no en.utf8 line
-                    elif not text:
+                    elif not text and has_text:
                         self.text_fallbacks.append(f"{stamp}:{lang}")
                         text = english
-                    row = len(records)
-                    sources["text"].append(text)
-                    sources["speech"].append(f"{stamp}_desc_{lang}.ogg")
-                    records.append({"index": row, "stamp": stamp, "class_name": cls, "label": label,
-                                    "language": lang, "domain": domain,
-                                    "rows": {"image": image_row, "text": row, "speech": row}})
+                    rows = {"image": image_row, "text": -1, "speech": -1}  # -1: missing, masked
+                    if has_text:
+                        rows["text"] = len(sources["text"])
+                        sources["text"].append(text)
+                    speech = f"{stamp}_desc_{lang}.ogg"
+                    if not masking or os.path.isfile(self.root / speech):
+                        rows["speech"] = len(sources["speech"])
+                        sources["speech"].append(speech)
+                    if -1 in rows.values():
+                        self.masked.append(f"{stamp}:{lang}")
+                    records.append({"index": len(records), "stamp": stamp, "class_name": cls, "label": label,
+                                    "language": lang, "domain": domain, "rows": rows})
+        if self.masked:
+            log.warning("tuxpaint: %d sample(s) lack a description or a recording; kept with it masked "
+                        "(data.on_missing=mask), e.g. %s", len(self.masked), self.masked[0])
         if self.text_fallbacks:
             log.info("tuxpaint: %d text(s) have no line in their language and use the English one: %s",
                      len(self.text_fallbacks), ", ".join(self.text_fallbacks))

@@ -5,6 +5,7 @@ Importing this package registers the encoder kinds (mobilenetv2, ge2e, hf_text, 
 from __future__ import annotations
 
 import difflib
+import zlib
 
 from mmcl.encoders import ge2e, hf_text, hf_vision, imu, mobilenet, video  # noqa: F401 - registers the encoders
 from mmcl.encoders.audio import speech_features
@@ -36,4 +37,11 @@ def build_encoder(modality: str, cfg) -> BlockEncoder:
     except ValueError as e:
         msg = str(e)  # the encoders' own messages already start with '<modality> encoder <kind>'
         raise ValueError(msg if msg.startswith(f"{modality} encoder") else f"{where}: {msg}") from None
+    if getattr(enc_cfg, "random_weights", False):
+        before = enc.identity()
+        # One fixed seed per slot: every run (and seed) of an experiment gets the same weak encoder.
+        enc.randomize_weights(zlib.crc32(f"random-weights:{modality}".encode()))
+        if enc.identity() == before:
+            raise ValueError(f"{where}: encoders.{modality}.random_weights needs the encoder's identity() to "
+                             "include its _stamp (the prepared cache would mix it up with the pre-trained one)")
     return enc.freeze()

@@ -64,6 +64,31 @@ class BlockEncoder(nn.Module):
         """A string that changes whenever the prefix output would (cache key)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def randomize_weights(self, seed: int) -> None:
+        """A weak encoder (encoders.<m>.random_weights): every weight replaced by a seeded random
+        draw, the architecture kept. Convolutions and linear layers get He (variance-preserving)
+        normal weights and zero biases, so the random features neither vanish nor explode over
+        the frozen depth (PyTorch's default initialisation shrinks the variance about six-fold
+        per ReLU layer: after a few dozen layers, below what the fp16 prefix cache holds); every
+        other submodule with ``reset_parameters`` (normalisation, embedding, recurrent layers)
+        re-initialises itself, running statistics included; any other parameter (a
+        transformer's class token or position table) is drawn from N(0, 0.02^2). The identity
+        (the cache key) says so."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif module is not self and callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+                else:
+                    for p in module.parameters(recurse=False):
+                        p.normal_(0.0, 0.02)
+        self._stamp = f"{getattr(self, '_stamp', '')}|random-weights:{seed}"
+
     # -- frozen by construction ---------------------------------------------------------------
     def freeze(self) -> BlockEncoder:
         for p in self.parameters():

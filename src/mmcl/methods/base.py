@@ -104,7 +104,25 @@ class Method:
         quiet = None
         if n_current is not None and n_current < len(idx) and not self.cfg.adapter.memory_noise:
             quiet = n_current
-        return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device, quiet)
+        return parallel.forward_batch(self.model, self.dist, idx, self.fetch, self.targets, self.device, quiet,
+                                      self.modality_dropout(idx))
+
+    def modality_dropout(self, idx: Tensor) -> Tensor | None:
+        """(rows, modalities) bool: which modality of each row of a training step stays
+        (train.modality_dropout.<m>: the probability that it is masked), drawn with the method's
+        generator for the whole batch; a row that would lose every modality it has keeps one of
+        them, chosen uniformly. None when no probability is set (nothing drawn)."""
+        mods = self.model.modalities
+        p = torch.tensor([float(getattr(self.cfg.train.modality_dropout, m, 0.0)) for m in mods])
+        if not bool((p > 0).any()):
+            return None
+        keep = torch.rand(len(idx), len(mods), generator=self.generator) >= p
+        has = self.data.present_matrix(idx)
+        lost = ~(keep & has).any(1)
+        if bool(lost.any()):
+            pick = torch.multinomial(has[lost].float(), 1, generator=self.generator).flatten()
+            keep[torch.nonzero(lost).flatten(), pick] = True
+        return keep
 
     def old_classes(self) -> int:
         """Output units of the classes seen before the current task (0 in the first task)."""

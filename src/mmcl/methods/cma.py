@@ -154,9 +154,10 @@ class CrossModalityAdapters(Method):
                 self.memory.old_z[mem_pos].to(self.device), out.z_joint[n:], self.task + 1, lw.preserve_tau)
         if lw.align:
             groups = target if lw.align_negatives == "other_class" else None
+            mods = self.model.modalities
             terms["align"] = lw.align * losses.alignment(
-                [out.z_mod[m] for m in self.model.modalities], out.z_joint, lw.align_kind, lw.align_tau,
-                lw.align_detach_joint, groups)
+                [out.z_mod[m] for m in mods], out.z_joint, lw.align_kind, lw.align_tau, lw.align_detach_joint,
+                groups, None if out.present is None else [out.present[m] for m in mods])
         if self.model.adapters and cfg.adapter.balance_weight:
             terms["balance"] = cfg.adapter.balance_weight * out.balance
         return terms

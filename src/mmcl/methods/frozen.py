@@ -7,7 +7,9 @@ concatenated. The per-modality concatenation, not the joint representation z_joi
 comes out of the projection and fusion MLPs, which these methods never train (randomly
 initialised, they would only scramble the pre-trained features). Normalising each modality
 first gives every modality the same weight: the encoders' pooled features differ in scale by
-orders of magnitude (MiniLM tokens vs. GE2E's ReLU outputs).
+orders of magnitude (MiniLM tokens vs. GE2E's ReLU outputs). A sample's masked modality
+(``batch[m]["present"]``) contributes a zero-weight block: it takes no part in any dot product,
+projection or sum, so the scores are computed from the present modalities only.
 """
 from __future__ import annotations
 
@@ -15,15 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmcl.data.batches import presence
 from mmcl.methods.base import ADAPTER_FREE, Method
 
 # Rehearsal-free, adapter-free.
 FROZEN_DEFAULTS = {**ADAPTER_FREE, "memory": {"size": 0}}
 
 
-def concat_features(pooled: dict[str, Tensor], modalities) -> Tensor:
-    """{modality: (b, D_m)} -> (b, sum D_m): each modality L2-normalised, then concatenated."""
-    return torch.cat([F.normalize(pooled[m].float(), dim=1) for m in modalities], dim=1)
+def concat_features(pooled: dict[str, Tensor], modalities, present: dict[str, Tensor] | None = None) -> Tensor:
+    """{modality: (b, D_m)} -> (b, sum D_m): each modality L2-normalised, then concatenated;
+    with ``present``, a masked modality's block has weight zero (it is left out of every use)."""
+    parts = []
+    for m in modalities:
+        f = F.normalize(pooled[m].float(), dim=1)
+        if present is not None:
+            f = torch.where(present[m][:, None], f, torch.zeros_like(f))
+        parts.append(f)
+    return torch.cat(parts, dim=1)
 
 
 class FrozenFeatureMethod(Method):
@@ -46,7 +56,12 @@ class FrozenFeatureMethod(Method):
         raise RuntimeError(f"method.name={self.cfg.method.name} takes no training steps")
 
     def batch_features(self, batch: dict) -> Tensor:
-        return concat_features(self.model.pooled_features(batch), self.model.modalities)
+        mods = self.model.modalities
+        return concat_features(self.model.pooled_features(batch), mods, presence(batch, mods))
+
+    def block_widths(self) -> list[int]:
+        """The width of each modality's block of the features, in model.modalities order."""
+        return [self.model.encoders[m].dims[-1] for m in self.model.modalities]
 
     @torch.no_grad()
     def features(self, idx: Tensor) -> Tensor:

@@ -58,7 +58,8 @@ class PromptMethod(Method):
         raise NotImplementedError
 
     def key_loss(self, queries: dict[str, Tensor]) -> Tensor | None:
-        """A loss pulling the chosen keys towards the batch's queries (L2P, DualPrompt)."""
+        """A loss pulling the chosen keys towards the batch's queries (L2P, DualPrompt); the
+        queries of the rows that have each modality (a masked modality's are left out)."""
         return None
 
     # -- queries: the frozen encoders' pooled output without prompts --------------------------
@@ -107,7 +108,11 @@ class PromptMethod(Method):
         # As in L2P / DualPrompt / CODA-Prompt: train on the current task's classes only.
         logits = self.current_task_logits(out.logits) if self.settings.train_mask else out.logits
         terms = {"cls": losses.classification(logits, target)}
-        pull = self.key_loss(self.queries({"index": idx}))
+        queries = self.queries({"index": idx})
+        if out.present is not None:  # a masked modality's query pulls no key
+            queries = {m: q[out.present[m].to(q.device)] for m, q in queries.items()}
+            queries = {m: q for m, q in queries.items() if len(q)}
+        pull = self.key_loss(queries)
         if pull is not None:
             # Computed on the whole batch by every rank of a data-parallel run, whose gradients
             # are summed: its gradient is scaled so the sum is the one-process gradient, its

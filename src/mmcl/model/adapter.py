@@ -7,6 +7,8 @@ For modality k at block b (docs/method.md; specified in METHOD.md section 2):
   h_k <- h_k + up_k( sum_{chosen e} g_k^e expert_e(x_k, c_k) )        up_k starts at zero
 
 Experts are shared by the modalities of a block; projections and gates are per modality.
+A masked modality (``present``) takes no part: j ranges over the present modalities only, and
+a masked (sample, k) is not routed.
 Only the chosen experts are computed: the (sample, slot) pairs are grouped by expert and each
 chosen expert runs once over its samples (one matrix product per weight; no dense mask, no
 per-sample copy of expert weights).
@@ -280,8 +282,8 @@ class CrossModalityAdapter(nn.Module):
         return chan[:, None, :] * tok * x
 
     def forward(self, tokens: dict[str, Tensor], masks: dict[str, Tensor | None], pool: bool = False,
-                noise: dict[str, Tensor] | None = None, count_usage: bool = True
-                ) -> tuple[dict[str, Tensor], Routing]:
+                noise: dict[str, Tensor] | None = None, count_usage: bool = True,
+                present: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Routing]:
         """-> (new tokens per modality (B,N,D), routing). ``pool=True`` (the last block, whose
         tokens are only ever averaged) returns the mean of the new tokens over valid tokens
         (B,D) instead, computed as mean(tokens) + up(mean(mixed)): the up projection and the
@@ -291,7 +293,13 @@ class CrossModalityAdapter(nn.Module):
         whole batch by MMModel and sliced, so neither data-parallel sharding nor length-sorted
         chunking changes any sample's noise); None draws it here. ``count_usage=False`` leaves
         adding the expert-usage counts (``Routing.counts``) to the caller (a data-parallel step
-        adds them once summed over ranks)."""
+        adds them once summed over ranks).
+
+        ``present``: {modality: bool (B,)} modality masks (None: every row has every modality).
+        A masked (row, modality) is not routed (no usage count, no gate statistics) and its
+        output is its input, never read; it is no other modality's context and no part of any
+        gate input. A row whose other modalities are all masked takes its own tokens as context,
+        as a one-modality model does (docs/method.md, "Missing modalities")."""
         down = {m: self.down[m](tokens[m]) for m in self.modalities}
         pooled = {m: masked_mean(down[m], masks.get(m)) for m in self.modalities}
         ctx_tokens = {m: pool_tokens(down[m], masks.get(m), self.context_tokens) for m in self.modalities}
@@ -300,35 +308,37 @@ class CrossModalityAdapter(nn.Module):
         counts = torch.zeros(self.num_experts, device=next(iter(down.values())).device)
         routings = 0
         for m in self.modalities:
-            others = [j for j in self.modalities if j != m] or [m]  # one modality: its own tokens
-            other_pool = torch.stack([pooled[j] for j in others]).mean(0)
-            gate_in = torch.cat([pooled[m], other_pool], -1)
-            idx, w, importance, load = self._route(m, gate_in, None if noise is None else noise[m])
+            gate_in, ctx, cmask = gate_and_context(m, self.modalities, pooled, ctx_tokens, present)
+            rows = None if present is None or bool(present[m].all()) else torch.nonzero(present[m]).flatten()
+            mask = masks.get(m)
+            if rows is not None and rows.numel() == 0:  # m is masked in every row: nothing to route
+                out[m] = masked_mean(tokens[m], mask) if pool else tokens[m]
+                stats.append(gate_in.new_zeros(2, self.num_experts))
+                continue
+
+            def sel(t, rows=rows):
+                return t if rows is None or t is None else t.index_select(0, rows)
+
+            g_in = sel(gate_in)
+            idx, w, importance, load = self._route(m, g_in, None if noise is None else sel(noise[m]))
             if not self.training:
-                scales.append(self.gate_scales(m, gate_in))
+                scales.append(self.gate_scales(m, g_in))
             stats.append(torch.stack([importance, load.to(importance.dtype)]))
             bal = load_balance(importance, load)
-            ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
-            cmasks = [ctx_tokens[j][1] for j in others]
-            if all(c is None for c in cmasks):
-                cmask = None
-            else:
-                cmask = torch.cat([c if c is not None else torch.ones(ctx_tokens[j][0].shape[:2], dtype=torch.bool,
-                                                                      device=ctx.device)
-                                   for c, j in zip(cmasks, others)], 1)
             if pool:
-                mask = masks.get(m)
                 if mask is None:
                     mask = torch.ones(down[m].shape[:2], dtype=torch.bool, device=down[m].device)
                 n_valid = mask.sum(1, keepdim=True)
                 pool_w = mask.to(down[m].dtype) / n_valid.clamp_min(1)
                 has_tokens = (n_valid > 0).to(down[m].dtype)  # an empty sample's mean is 0
                 mean_tokens = masked_mean(tokens[m], mask)
-                mixed = self._run_experts(down[m], ctx, cmask, idx, w, pool_w, qk, masks.get(m))  # (B, d)
+                mixed = scatter_rows(self._run_experts(sel(down[m]), sel(ctx), sel(cmask), idx, w, sel(pool_w), qk,
+                                                       sel(masks.get(m))), rows, len(gate_in))  # (B, d)
                 up = self.up[m]
                 out[m] = mean_tokens + F.linear(mixed, up.weight) + up.bias * has_tokens
             else:
-                mixed = self._run_experts(down[m], ctx, cmask, idx, w, qk=qk, x_mask=masks.get(m))
+                mixed = scatter_rows(self._run_experts(sel(down[m]), sel(ctx), sel(cmask), idx, w, qk=qk,
+                                                       x_mask=sel(mask)), rows, len(gate_in))
                 out[m] = tokens[m] + self.up[m](mixed)
             balance = balance + bal
             if self.dense:
@@ -338,5 +348,46 @@ class CrossModalityAdapter(nn.Module):
             routings += idx.shape[0]
         if self.training and count_usage:
             self.add_usage(counts.double(), routings)
+        stats = [s.float() for s in stats] if len({s.dtype for s in stats}) > 1 else stats
         return out, Routing(balance=balance, counts=counts, routings=routings, stats=torch.stack(stats),
                             scales=torch.stack(scales).mean(0) if scales else None)
+
+
+def scatter_rows(x: Tensor, rows: Tensor | None, n: int) -> Tensor:
+    """The rows ``rows`` of an n-row tensor given as x (the others zero: masked rows, never read)."""
+    if rows is None:
+        return x
+    return x.new_zeros((n, *x.shape[1:])).index_copy(0, rows, x)
+
+
+def gate_and_context(m: str, modalities: list[str], pooled: dict[str, Tensor],
+                     ctx_tokens: dict[str, tuple[Tensor, Tensor | None]], present: dict[str, Tensor] | None
+                     ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Modality m's gate input [pool(x_m); mean over the other present modalities j of pool(x_j)]
+    (B, 2d), its context (the other modalities' pooled tokens, (B, M, d)) and the context mask
+    (B, M) (None: every context token is real). With one modality, its own tokens are the
+    context; with ``present``, a masked modality is left out of both, and a row whose others
+    are all masked takes its own pooled features and tokens instead."""
+    others = [j for j in modalities if j != m] or [m]
+    if present is None:
+        other_pool = torch.stack([pooled[j] for j in others]).mean(0)
+        ctx = torch.cat([ctx_tokens[j][0] for j in others], 1)
+        cmasks = [ctx_tokens[j][1] for j in others]
+        if all(c is None for c in cmasks):
+            return torch.cat([pooled[m], other_pool], -1), ctx, None
+        cmask = torch.cat([c if c is not None else _all_real(ctx_tokens[j][0]) for c, j in zip(cmasks, others)], 1)
+        return torch.cat([pooled[m], other_pool], -1), ctx, cmask
+    n_other = torch.stack([present[j] for j in others]).sum(0)                  # (B,)
+    total = sum(torch.where(present[j][:, None], pooled[j], torch.zeros_like(pooled[j])) for j in others)
+    lonely = n_other == 0
+    other_pool = torch.where(lonely[:, None], pooled[m], total / n_other.clamp_min(1)[:, None].to(total.dtype))
+    parts = [(ctx_tokens[j], present[j]) for j in others]
+    if others != [m] and bool(lonely.any()):
+        parts.append((ctx_tokens[m], lonely))  # own tokens, real only where no other modality is present
+    ctx = torch.cat([t for (t, _), _ in parts], 1)
+    cmask = torch.cat([(c if c is not None else _all_real(t)) & p[:, None] for (t, c), p in parts], 1)
+    return torch.cat([pooled[m], other_pool], -1), ctx, cmask
+
+
+def _all_real(t: Tensor) -> Tensor:
+    return torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)

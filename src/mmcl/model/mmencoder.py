@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mmcl.data.batches import presence
 from mmcl.encoders.base import BlockEncoder, length_groups, masked_mean, valid_lengths
 from mmcl.model.adapter import CrossModalityAdapter, balance_from_stats
 from mmcl.model.prompts import inject, strip
@@ -77,6 +78,9 @@ class Output:
     routings: list = field(default_factory=list)  # per block: routed (sample, modality) pairs
     stats: Tensor | None = None  # (blocks, modalities, 2, E) gate importance / load sums
     scales: list = field(default_factory=list)  # eval only, per block: (2,) clean logit std, noise std
+    # {modality: bool (rows,)} modality masks, None when every row has every modality. A masked
+    # modality's z_mod rows are NaN: nothing may read them (losses select the present rows).
+    present: dict | None = None
 
 
 class MMModel(nn.Module):
@@ -145,13 +149,15 @@ class MMModel(nn.Module):
         for a, c, r in zip(self.adapters, counts, routings):
             a.add_usage(c, float(r))
 
-    def encode(self, batch: dict, noise: list | None = None, count_usage: bool = True
-               ) -> tuple[dict[str, Tensor], list]:
+    def encode(self, batch: dict, noise: list | None = None, count_usage: bool = True,
+               present: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], list]:
         """Run the frozen blocks with adapters; returns each modality's last-block tokens
         averaged over its valid tokens (B, D) and each block's Routing. The last adapter
         returns that average directly (CrossModalityAdapter pool=True). ``noise`` (per block,
-        these rows' gate noise) and ``count_usage`` go to the adapters (see forward). A batch
-        of served pooled features (``frozen_features``) is returned as it is."""
+        these rows' gate noise), ``count_usage`` and ``present`` (the modality masks) go to the
+        adapters (see forward). A batch of served pooled features (``frozen_features``) is
+        returned as it is. A masked modality's rows are computed like any (each row on its
+        own) and never read."""
         if any("pooled" in batch[m] for m in self.modalities):
             if not self.frozen_features:
                 raise ValueError("this batch holds cached pooled features, but the model has cross-modality "
@@ -183,7 +189,7 @@ class MMModel(nn.Module):
                     raise ValueError("persistent prompts and cross-modality adapters cannot be combined")
                 last = b == self.num_blocks - 1
                 tokens, r = self.adapters[b](tokens, masks, pool=last, noise=None if noise is None else noise[b],
-                                             count_usage=count_usage)
+                                             count_usage=count_usage, present=present)
                 routing.append(r)
                 if last:
                     return tokens, routing
@@ -200,15 +206,22 @@ class MMModel(nn.Module):
         ``noise``: the gate noise of this batch's rows (``noise_rows`` of a
         ``draw_routing_noise`` of the whole data-parallel batch); None draws it here.
         ``count_usage=False``: the adapters do not add this call's expert-usage counts (in
-        ``Output.usage`` / ``Output.routings``); the caller adds them with ``add_usage``."""
+        ``Output.usage`` / ``Output.routings``); the caller adds them with ``add_usage``.
+
+        A batch's modality masks (``batch[m]["present"]``) reach the adapters (context tokens,
+        gate inputs, routing), the projections and the fusion (``fuse``): a masked modality's
+        content changes no output. A row with no modality at all is an error naming it."""
         rows = batch_rows(batch, self.modalities)
+        present = presence(batch, self.modalities)
         device = next(self.parameters()).device
         if self.adapters and noise is None:
             noise = self.draw_routing_noise(rows)
         parts = (length_chunks(batch, self.modalities, self.length_chunks)
                  if self.prompter is None else None)  # prompters keep per-call state: one call
         if parts is None:
-            return self._forward_rows(batch, noise, count_usage)
+            out = self._forward_rows(batch, noise, count_usage)
+            out.present = present
+            return out
         outs, order = [], []
         for idx, sub in parts:
             outs.append(self._forward_rows(sub, noise_rows(noise, idx), count_usage))
@@ -218,24 +231,47 @@ class MMModel(nn.Module):
         z_mod = {m: torch.cat([o.z_mod[m] for o in outs])[inv] for m in self.modalities}
         z_joint = torch.cat([o.z_joint for o in outs])[inv]
         if not self.adapters:
-            return Output(logits, z_mod, z_joint)
+            return Output(logits, z_mod, z_joint, present=present)
         stats = torch.stack([o.stats for o in outs]).sum(0)
         usage = [sum(o.usage[b] for o in outs) for b in range(len(self.adapters))]
         routings = [sum(o.routings[b] for o in outs) for b in range(len(self.adapters))]
         scales = [torch.stack([o.scales[b] for o in outs]).mean(0) for b in range(len(self.adapters))] \
             if all(o.scales for o in outs) else []
-        return Output(logits, z_mod, z_joint, balance_from_stats(stats), usage, routings, stats, scales)
+        return Output(logits, z_mod, z_joint, balance_from_stats(stats), usage, routings, stats, scales, present)
+
+    def fuse(self, z_mod: dict[str, Tensor], present: dict[str, Tensor] | None, index: Tensor | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        """-> (z_joint, z_mod with a masked modality's rows NaN). z_joint = F([z_1; ...; z_K]); with
+        modality masks (model.missing_fusion=present_mean), a masked modality's slot holds the
+        mean of the row's present z_k, so z_joint is a function of the present modalities only
+        (and F's weights are the ones complete rows train). ``index``: the rows' sample indices,
+        for the error on a row without any modality."""
+        mods = self.modalities
+        if present is None:
+            return self.fusion(torch.cat([z_mod[m] for m in mods], dim=-1)), z_mod
+        n = torch.stack([present[m] for m in mods]).sum(0)
+        if bool((n == 0).any()):
+            bad = torch.nonzero(n == 0).flatten()
+            names = (index.cpu()[bad.cpu()] if index is not None else bad).tolist()
+            raise ValueError(f"sample(s) {', '.join(str(i) for i in names[:10])} have no modality: every one of "
+                             f"{', '.join(mods)} is masked; a sample needs at least one")
+        keep = {m: present[m][:, None] for m in mods}
+        total = sum(torch.where(keep[m], z_mod[m], torch.zeros_like(z_mod[m])) for m in mods)
+        mean = total / n[:, None].to(total.dtype)
+        z_joint = self.fusion(torch.cat([torch.where(keep[m], z_mod[m], mean) for m in mods], dim=-1))
+        return z_joint, {m: torch.where(keep[m], z_mod[m], torch.full_like(z_mod[m], float("nan"))) for m in mods}
 
     def _forward_rows(self, batch: dict, noise: list | None, count_usage: bool) -> Output:
-        pooled, routing = self.encode(batch, noise, count_usage)
+        present = presence(batch, self.modalities)
+        pooled, routing = self.encode(batch, noise, count_usage, present)
         balance = 0.0
         for r in routing:
             balance = balance + r.balance
         z_mod = {m: self.proj[m](pooled[m]) for m in self.modalities}
-        z_joint = self.fusion(torch.cat([z_mod[m] for m in self.modalities], dim=-1))
+        z_joint, z_mod = self.fuse(z_mod, present, batch.get("index"))
         return Output(self.classifier(z_joint), z_mod, z_joint, balance, [r.counts for r in routing],
                       [r.routings for r in routing], torch.stack([r.stats for r in routing]) if routing else None,
-                      [r.scales for r in routing] if routing and routing[0].scales is not None else [])
+                      [r.scales for r in routing] if routing and routing[0].scales is not None else [], present)
 
 
 def mute_noise(noise: list | None, start: int) -> list | None:
