@@ -20,7 +20,7 @@ from mmcl.scenarios import build_scenario
 from test_end_to_end import check_run_folder, tiny_overrides
 
 REAL_ROOT = Path("/usr/share/tuxpaint/stamps")
-SHIFT_DOMAINS = ["fr", "ru+grayscale", "ro+edges", "ca+invert", "bg+rotate90", "es+channel_swap"]
+SHIFT_DOMAINS = ["fr", "ru+edges", "ro+blur", "ca+silhouette", "bg+pixelate", "es+rotate90"]
 
 
 def names_only_tree(root: Path, plan: dict[str, list]) -> Path:
@@ -164,6 +164,9 @@ def test_shifts_are_deterministic_and_differ():
     assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 0], g[..., 2])
     e = out["edges"]
     assert e[0, 0, 0] == 255 and e.min() < 128  # white paper stays white, outlines are dark
+    assert set(np.unique(out["silhouette"]).tolist()) == {0, 255} and out["silhouette"][0, 0, 0] == 255
+    cells = out["pixelate"][::2, ::2]  # 16 x 16 cells of 2 x 2 pixels at 32
+    assert np.array_equal(out["pixelate"], cells.repeat(2, axis=0).repeat(2, axis=1))
     with pytest.raises(ValueError, match="unknown image shift 'sepia'"):
         shift_image(a, "sepia", 32)
 
@@ -191,7 +194,7 @@ def test_shift_preset_gives_each_domain_its_own_image(shift_tree, tmp_path):
     rows = {r["domain"]: r["rows"]["image"] for r in records if r["stamp"] == stamp}
     images = {d: decode(sources["image"][row]) for d, row in rows.items()}
     assert [sources["image"][rows[d]] for d in range(6)] == [
-        [f"{stamp}.png", s] for s in ("none", "grayscale", "edges", "invert", "rotate90", "channel_swap")]
+        [f"{stamp}.png", s] for s in ("none", "edges", "blur", "silhouette", "pixelate", "rotate90")]
     for d, img in images.items():
         assert img.shape == (24, 24, 3)
         assert np.array_equal(img, decode(list(sources["image"][rows[d]]))), d  # same input and domain
@@ -233,7 +236,7 @@ def test_cache_key_holds_shifts_and_class_selection(shift_tree, tmp_path):
     dil_with_image = folder("tuxpaint-dil", **{"data.modalities": ["image", "text", "speech"]})
     shift = folder("tuxpaint-shift")
     assert shift != dil_with_image
-    other = ["none", "grayscale", "edges", "invert", "channel_swap", "rotate90"]
+    other = ["none", "edges", "blur", "silhouette", "rotate90", "pixelate"]
     assert folder("tuxpaint-shift", **{"data.tuxpaint.image_shifts": other}) != shift
     assert folder("tuxpaint-shift", **{"data.image_size": 64}) != shift
     large = folder("tuxpaint-large")
