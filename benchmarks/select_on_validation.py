@@ -40,16 +40,21 @@ def routing_cells(res: dict, alpha: float = 1e-3) -> tuple[int, int] | None:
 
 def rank(runs: dict[str, dict[int, dict]]) -> tuple[list[int], list[dict]]:
     """The seeds every variant finished, and the variants sorted by mean validation accuracy on them."""
-    seeds = sorted(set.intersection(*(set(v) for v in runs.values()))) if runs else []
+    # Variants cut early (fewer seeds than the most any has) are ranked on their own seeds and
+    # marked, so that they do not shrink the paired comparison of the others.
+    most = max((len(v) for v in runs.values()), default=0)
+    full = [set(v) for v in runs.values() if len(v) == most]
+    seeds = sorted(set.intersection(*full)) if full else []
     rows = []
     for variant, by_seed in runs.items():
-        vals = [by_seed[s]["val_accuracy"][-1] for s in seeds]
-        cells = [routing_cells(by_seed[s]) for s in seeds]
+        own = seeds if len(by_seed) == most else sorted(by_seed)
+        vals = [by_seed[s]["val_accuracy"][-1] for s in own]
+        cells = [routing_cells(by_seed[s]) for s in own]
         rows.append({"variant": variant, "val": vals, "mean": statistics.fmean(vals) if vals else float("nan"),
                      "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                     "routing_cells": [c for c in cells if c is not None],
-                     "train_time_s": statistics.fmean(by_seed[s]["train_time_s"] for s in seeds) if seeds else None})
-    rows.sort(key=lambda r: -r["mean"])
+                     "routing_cells": [c for c in cells if c is not None], "seeds": own,
+                     "train_time_s": statistics.fmean(by_seed[s]["train_time_s"] for s in own) if own else None})
+    rows.sort(key=lambda r: (r["seeds"] != seeds, -r["mean"]))
     return seeds, rows
 
 
@@ -60,7 +65,8 @@ def markdown(seeds: list[int], rows: list[dict], folder: str) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         cells = ", ".join(f"{a}/{b}" for a, b in r["routing_cells"]) or "n/a"
-        lines.append(f"| {r['variant']} | {100 * r['mean']:.2f} | {100 * r['sd']:.2f} | "
+        name = r["variant"] if r["seeds"] == seeds else f"{r['variant']} (cut: seeds {r['seeds']} only)"
+        lines.append(f"| {name} | {100 * r['mean']:.2f} | {100 * r['sd']:.2f} | "
                      + " ".join(f"{100 * v:.2f}" for v in r["val"]) + f" | {cells} | "
                      + (f"{r['train_time_s']:.0f}" if r["train_time_s"] is not None else "n/a") + " |")
     return "\n".join(lines) + "\n"
