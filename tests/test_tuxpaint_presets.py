@@ -20,6 +20,7 @@ from mmcl.scenarios import build_scenario
 from test_end_to_end import check_run_folder, tiny_overrides
 
 REAL_ROOT = Path("/usr/share/tuxpaint/stamps")
+PRESET_LANGUAGES = ["fr", "ru", "ro", "ca"]  # tuxpaint-large's
 SHIFT_DOMAINS = ["fr", "ru+edges", "ro+blur", "ca+silhouette", "bg+pixelate", "es+rotate90"]
 
 
@@ -48,11 +49,12 @@ def large_cfg(root, cache, preset="tuxpaint-large", **over):
 
 @pytest.fixture(scope="module")
 def selection_tree(tmp_path_factory):
-    """Class folders around the preset's rule (at least 9 usable stamps, at most 24 kept)."""
+    """Class folders around the preset's rule (at least 9 usable stamps, at most 32 kept)."""
     full = list(LANGUAGES)
     plan = {
-        "animals/many": [full] * 30,                              # capped at 24
+        "animals/many": [full] * 40,                              # capped at 32
         "food/nine": [full] * 7 + [["fr"], ["ru", "bg"]],         # 9 with partial recordings: kept
+        "household": [full] * 8 + [["bg", "es"]],                 # not in the preset's languages: 8
         "town/eight": [full] * 8,                                 # 8: left out
         "symbols/gaps": [full] * 7 + [[], "no_txt", "svg"],       # 7 usable (no recording / text / PNG)
         "clothes": [full] * 10,                                   # one level deep
@@ -65,24 +67,25 @@ def selection_tree(tmp_path_factory):
 def test_large_presets_select_classes_by_their_rule(selection_tree, tmp_path):
     for preset in ("tuxpaint-large", "tuxpaint-large-12x2"):
         cfg = large_cfg(selection_tree, tmp_path, preset)
-        assert cfg.data.classes == [] and cfg.data.tuxpaint.languages == TUXPAINT_LANGUAGES
+        assert cfg.data.classes == [] and cfg.data.tuxpaint.languages == PRESET_LANGUAGES
+        assert cfg.data.split == [0.6, 0.1, 0.3]
         ds = TuxPaint(cfg.data)
         assert ds.classes == ["animals/many", "clothes", "clothes/hats", "food/nine"]
         found = ds.discover()
-        assert {c: len(s) for c, s in found.items()} == {"animals/many": 24, "clothes": 10,
+        assert {c: len(s) for c, s in found.items()} == {"animals/many": 32, "clothes": 10,
                                                          "clothes/hats": 9, "food/nine": 9}
-        assert found["animals/many"] == sorted(found["animals/many"])  # the first 24 by path
-        assert found["animals/many"][-1].endswith("animals_many_23")
+        assert found["animals/many"] == sorted(found["animals/many"])  # the first 32 by path
+        assert found["animals/many"][-1].endswith("animals_many_31")
     assert build_config("tuxpaint-large").scenario.num_tasks == 6
     assert build_config("tuxpaint-large-12x2").scenario.num_tasks == 12
     # the rule is a setting; without partial languages the two partly recorded stamps go
     strict = TuxPaint(large_cfg(selection_tree, tmp_path, **{"data.tuxpaint.partial_languages": False}).data)
     assert strict.classes == ["animals/many", "clothes", "clothes/hats"]
     lower = TuxPaint(large_cfg(selection_tree, tmp_path, **{"data.tuxpaint.min_stamps": 7}).data)
-    assert lower.classes == ["animals/many", "clothes", "clothes/hats", "food/nine", "sports",
-                             "symbols/gaps", "town/eight"]
-    with pytest.raises(DataError, match="min_stamps=40.*'animals/many' with 30"):
-        _ = TuxPaint(large_cfg(selection_tree, tmp_path, **{"data.tuxpaint.min_stamps": 40}).data).classes
+    assert lower.classes == ["animals/many", "clothes", "clothes/hats", "food/nine", "household",
+                             "sports", "symbols/gaps", "town/eight"]
+    with pytest.raises(DataError, match="min_stamps=50.*'animals/many' with 40"):
+        _ = TuxPaint(large_cfg(selection_tree, tmp_path, **{"data.tuxpaint.min_stamps": 50}).data).classes
 
 
 def test_one_sample_per_recorded_language(selection_tree, tmp_path):
@@ -92,13 +95,14 @@ def test_one_sample_per_recorded_language(selection_tree, tmp_path):
     for r in records:
         by_stamp[r["stamp"]].append(r)
     assert [r["language"] for r in by_stamp["food/nine/food_nine_07"]] == ["fr"]
-    assert [r["language"] for r in by_stamp["food/nine/food_nine_08"]] == ["ru", "bg"]
-    assert all(len(rs) == 6 for s, rs in by_stamp.items() if not s.startswith("food/nine/food_nine_0"))
+    assert [r["language"] for r in by_stamp["food/nine/food_nine_08"]] == ["ru"]  # bg: not in the preset
+    partial = {"food/nine/food_nine_07", "food/nine/food_nine_08"}
+    assert all(len(rs) == 4 for s, rs in by_stamp.items() if s not in partial)
     for rs in by_stamp.values():  # domain = the language's position; one image row per stamp
-        assert all(r["domain"] == TUXPAINT_LANGUAGES.index(r["language"]) for r in rs)
+        assert all(r["domain"] == PRESET_LANGUAGES.index(r["language"]) for r in rs)
         assert len({r["rows"]["image"] for r in rs}) == 1
-    assert len(sources["image"]) == len(by_stamp) == 24 + 10 + 9 + 9
-    assert len(records) == 6 * (24 + 10 + 9 + 7) + 1 + 2
+    assert len(sources["image"]) == len(by_stamp) == 32 + 10 + 9 + 9
+    assert len(records) == 4 * (32 + 10 + 9 + 7) + 1 + 1
     assert ds.classes == sorted({r["class_name"] for r in records})
 
 
@@ -124,7 +128,7 @@ def test_large_splits_by_stamp_and_tasks_from_the_seed(tmp_path):
         names = TuxPaint(cfg.data).classes
         for preset, n_tasks in (("tuxpaint-large", 6), ("tuxpaint-large-12x2", 12)):
             c = large_cfg(root, tmp_path, preset, **{"run.seed": seed})
-            sc = build_scenario(c, labels, domains, split, names, TUXPAINT_LANGUAGES)
+            sc = build_scenario(c, labels, domains, split, names, PRESET_LANGUAGES)
             assert [len(t.classes) for t in sc.tasks] == [24 // n_tasks] * n_tasks
             assert sorted(sum((t.classes for t in sc.tasks), [])) == list(range(24))
             for t in sc.tasks:  # a stamp's samples are in one split of one task
@@ -273,12 +277,15 @@ def test_real_sizes_of_the_new_presets(tmp_path):
     over = {"data.root": str(REAL_ROOT), "data.cache_dir": str(tmp_path)}
     ds = TuxPaint(build_config("tuxpaint-large", over).data)
     records, sources = ds.index()
-    assert len(ds.classes) == 24 and len(sources["image"]) == 390 and len(records) == 2284
+    assert len(ds.classes) == 24 and len(sources["image"]) == 439 and len(records) == 1732
     assert "symbols/alphabets" in ds.classes and "town/cartoon" not in ds.classes  # 8 stamps: below 9
     per_class = Counter(r["class_name"] for r in {r["stamp"]: r for r in records}.values())
-    assert min(per_class.values()) == 9 and max(per_class.values()) == 24
-    split = split_samples(records, [0.7, 0.1, 0.2], 0)
-    assert [len(split[k]) for k in ("train", "val", "test")] == [1600, 208, 476]
+    assert min(per_class.values()) == 9 and max(per_class.values()) == 32
+    split = split_samples(records, [0.6, 0.1, 0.3], 0)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [1035, 169, 528]
     shift = TuxPaint(build_config("tuxpaint-shift", over).data)
     records, sources = shift.index()
-    assert len(records) == len(sources["image"]) == 2190 and shift.domains == SHIFT_DOMAINS
+    assert shift.section.languages == TUXPAINT_LANGUAGES and shift.domains == SHIFT_DOMAINS
+    assert len(records) == len(sources["image"]) == 1914 and len({r["stamp"] for r in records}) == 319
+    split = split_samples(records, [0.6, 0.1, 0.3], 0)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [1140, 192, 582]
