@@ -41,6 +41,16 @@ def torchrun(run_dir, overrides, *args, nproc=2, kill_at=None, timeout=180):
     return cli_run(run_dir, overrides, *args, env_extra=env, timeout=timeout, launcher=launcher)
 
 
+def one_and_two_processes(tmp_path, overrides):
+    """The same run in one process and under torchrun with two: both must succeed. Returns
+    (stderr of the two-process run, run_outputs of one, run_outputs of two)."""
+    one = fork_run(tmp_path / "one", overrides)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(tmp_path / "two", overrides)
+    assert two.returncode == 0, two.stderr[-4000:]
+    return two.stderr, run_outputs(tmp_path / "one"), run_outputs(tmp_path / "two")
+
+
 @pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_gloo_available(),
                     reason="needs torchrun and the gloo backend")
 def test_two_gloo_processes_match_one_process_and_resume(fake_stamps, tmp_path):
@@ -48,15 +58,9 @@ def test_two_gloo_processes_match_one_process_and_resume(fake_stamps, tmp_path):
     # Batches of 5 from task 1's 16 training samples: the last batch has one row, so rank 1
     # runs nothing in that step; other batches split unevenly (3 + 2, with memory 5 + 4).
     o = small_overrides(root, classes, tmp_path / "cache", **{"train.batch_size": 5})
-    one = fork_run(tmp_path / "one", o)
-    assert one.returncode == 0, one.stderr
-    two = torchrun(tmp_path / "two", o)
-    assert two.returncode == 0, two.stderr[-4000:]
-    assert "2 processes" in two.stderr
-    assert "models differ" not in two.stderr  # the ranks' replicas stayed identical
-
-    r1, l1, t1 = run_outputs(tmp_path / "one")
-    r2, l2, t2 = run_outputs(tmp_path / "two")
+    stderr, (r1, l1, t1), (r2, l2, t2) = one_and_two_processes(tmp_path, o)
+    assert "2 processes" in stderr
+    assert "models differ" not in stderr  # the ranks' replicas stayed identical
     # Same accuracy matrix, same frozen experts, same usage (counts summed over ranks).
     assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
     assert r2["frozen_experts"] == r1["frozen_experts"]
@@ -93,12 +97,7 @@ def test_prompt_method_in_two_processes_matches_one(fake_stamps, tmp_path):
     1 / world size) give the one-process result."""
     root, classes = fake_stamps
     o = small_overrides(root, classes, tmp_path / "cache", **{"train.batch_size": 5, "method.name": "l2p"})
-    one = fork_run(tmp_path / "one", o)
-    assert one.returncode == 0, one.stderr
-    two = torchrun(tmp_path / "two", o)
-    assert two.returncode == 0, two.stderr[-4000:]
-    r1, l1, t1 = run_outputs(tmp_path / "one")
-    r2, l2, t2 = run_outputs(tmp_path / "two")
+    _, (r1, l1, t1), (r2, l2, t2) = one_and_two_processes(tmp_path, o)
     assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
     for a, b in zip(l1, l2):
         assert set(a["train_losses"]) == {"cls", "key"}
@@ -118,12 +117,7 @@ def test_masked_modalities_and_dropout_in_two_processes_match_one(fake_stamps, t
     o = small_overrides(root, classes, tmp_path / "cache", **{
         "train.batch_size": 5, "data.on_missing": "mask", "train.modality_dropout.image": 0.3,
         "train.modality_dropout.speech": 0.3})
-    one = fork_run(tmp_path / "one", o)
-    assert one.returncode == 0, one.stderr
-    two = torchrun(tmp_path / "two", o)
-    assert two.returncode == 0, two.stderr[-4000:]
-    r1, l1, _ = run_outputs(tmp_path / "one")
-    r2, l2, _ = run_outputs(tmp_path / "two")
+    _, (r1, l1, _), (r2, l2, _) = one_and_two_processes(tmp_path, o)
     assert_close_nested(r2["accuracy_matrix"], r1["accuracy_matrix"], 1e-9)
     assert r2["frozen_experts"] == r1["frozen_experts"]
     assert r2["modality_robustness"] == r1["modality_robustness"]

@@ -72,9 +72,13 @@ def make_optimizer(params: Sequence[nn.Parameter], groups: dict[str, list[nn.Par
 
 @torch.no_grad()
 def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
-    """The L2 norm of each group's current gradients (parameters without one count 0)."""
-    out = {}
-    for g, ps in groups.items():
+    """The L2 norm of each group's current gradients (parameters without one count 0), read
+    back in one transfer (this runs every training step)."""
+    norms = []
+    for ps in groups.values():
         sq = [p.grad.detach().float().pow(2).sum() for p in ps if p.grad is not None]
-        out[g] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
-    return out
+        norms.append(torch.stack(sq).sum().sqrt() if sq else torch.zeros(()))
+    if not norms:
+        return {}
+    device = norms[0].device
+    return dict(zip(groups, torch.stack([n.to(device) for n in norms]).tolist()))

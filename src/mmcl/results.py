@@ -105,8 +105,7 @@ def training_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     if not any(losses) and not any(norms):
         return None
     terms = sorted({k for d in losses if d for k in d})
-    groups = [g for g in ("experts", "gates", "adapter_projections", "projections", "heads", "other")
-              if any(d and g in d for d in norms)]
+    groups = list(dict.fromkeys(g for d in norms if d for g in d))  # in mmcl.optim.GROUPS order
     rows = []
     for t in range(max(len(losses), len(norms))):
         lt = losses[t] if t < len(losses) and losses[t] else {}

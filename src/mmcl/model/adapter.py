@@ -78,7 +78,8 @@ class CrossModalityAdapter(nn.Module):
         self.expert_kind, self.context_tokens = expert, context_tokens
         self.noisy_gating, self.dense, self.noise_scale = noisy_gating, dense, float(noise_scale)
         self.freeze_scope = freeze_scope
-        self._frozen_gate_rows: dict[str, tuple[Tensor, Tensor]] = {}  # freeze_scope=expert_gate
+        # freeze_scope=expert_gate: (frozen expert ids, {modality: (clean rows, noise rows)})
+        self._frozen_gate_rows: tuple[Tensor, dict[str, tuple[Tensor, Tensor]]] | None = None
         self.down = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in widths.items()})
         self.up = nn.ModuleDict({m: nn.Linear(dim, w) for m, w in widths.items()})
         for lin in self.up.values():  # identity at initialisation
@@ -140,16 +141,16 @@ class CrossModalityAdapter(nn.Module):
         # stay one Parameter each (their other rows train), so requires_grad cannot do this, and
         # AdamW's weight decay would move a row whose gradient is masked.
         rows = torch.nonzero(self.frozen).flatten()
-        self._frozen_gate_rows = {} if self.freeze_scope != "expert_gate" or not len(rows) else {
+        self._frozen_gate_rows = None if self.freeze_scope != "expert_gate" or not len(rows) else (rows, {
             m: (self.gate[m].weight.detach()[rows].clone(), self.gate_noise[m].weight.detach()[rows].clone())
-            for m in self.modalities}
+            for m in self.modalities})
 
     @torch.no_grad()
     def restore_frozen_gates(self) -> None:
-        if not self._frozen_gate_rows:
+        if self._frozen_gate_rows is None:
             return
-        rows = torch.nonzero(self.frozen).flatten()
-        for m, (clean, noise) in self._frozen_gate_rows.items():
+        rows, saved = self._frozen_gate_rows  # (ids taken with the rows: no lookup per step)
+        for m, (clean, noise) in saved.items():
             self.gate[m].weight[rows] = clean
             self.gate_noise[m].weight[rows] = noise
 
