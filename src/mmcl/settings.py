@@ -224,7 +224,8 @@ class FreezeConfig:
                              choices=('slots',))
     usage: str = setting("what the shares are counted on: 'training' (every training routing of the task: noisy, "
                          "memory rows included) or 'clean' (a noise-free pass over the task's own training rows "
-                         "after training) [C]", "training", choices=("training", "clean"))
+                         "after training) [C]; clean was chosen on validation accuracy "
+                         "(benchmarks/results/cma_defaults_search.md)", "clean", choices=("training", "clean"))
     rule: str = setting("which experts freeze: 'share' (share above freeze.threshold [P]), 'relative' (share above "
                         "freeze.relative / adapter.num_experts) or 'top' (the freeze.top most used) [C]", "share",
                         choices=("share", "relative", "top"))
