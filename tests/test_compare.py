@@ -129,3 +129,30 @@ def test_benchmark_sweep_specs_plan_valid_configs():
     assert dil.train.epochs == 1 and dil.freeze.enabled is False
     assert build_config("tuxpaint", quick["tuxpaint-pairwise-contrastive-s0"].overrides).loss.align_kind == \
         "pairwise_infonce"
+
+
+def test_compare_averages_modality_robustness_over_the_runs_that_have_it(tmp_path):
+    root = tmp_path / "runs"
+    tables = [{"samples": 10, "accuracy": 0.8, "without": {"image": {"accuracy": 0.2, "samples": 10},
+                                                             "text": {"accuracy": 0.7, "samples": 10}},
+               "alone": {"image": {"accuracy": 0.6, "samples": 10}, "text": {"accuracy": None, "samples": 0}}},
+              {"samples": 10, "accuracy": 0.6, "without": {"image": {"accuracy": 0.4, "samples": 10},
+                                                             "text": {"accuracy": 0.5, "samples": 10}},
+               "alone": {"image": {"accuracy": 0.4, "samples": 10}, "text": {"accuracy": 0.3, "samples": 10}}},
+              None]
+    for s, table in enumerate(tables):
+        d = _write_run(root, f"tuxpaint-cma-s{s}", "cma", s, CMA, s)
+        if table:
+            res = json.loads((d / "results.json").read_text())
+            (d / "results.json").write_text(json.dumps({**res, "modality_robustness": table}))
+    _write_run(root, "tuxpaint-finetune-s0", "finetune", 0, FT, 0)
+    rows = {r["variant"]: r for r in compare_runs([root])}
+    rob = rows["cma"]["robustness"]
+    assert rob["n"] == 2 and rob["accuracy"] == pytest.approx(0.7)
+    assert rob["without"] == {"image": pytest.approx(0.3), "text": pytest.approx(0.6)}
+    assert rob["alone"] == {"image": pytest.approx(0.5), "text": pytest.approx(0.3)}  # None left out
+    assert rows["finetune"]["robustness"] is None
+    md = format_comparison_markdown(list(rows.values()))
+    line = next(x for x in md.splitlines() if x.startswith("| cma | tuxpaint | 2 |"))
+    assert line.split(" | ")[3:] == ["70.00", "30.00", "60.00", "50.00", "30.00 |"]
+    assert "finetune | tuxpaint | 1 | 30" in md and md.count("| finetune |") == 1  # no robustness row

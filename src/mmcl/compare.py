@@ -3,7 +3,8 @@ as mean and standard deviation over seeds, as a Markdown table and a CSV file.
 
 ``expand_run_dirs`` names the run folders, ``skipped_runs`` the unfinished ones,
 ``compare_runs`` groups the finished ones, ``format_comparison_markdown`` and
-``write_comparison`` render the rows. Files are written atomically (mmcl.report.write_text).
+``write_comparison`` render the rows (a second table holds the modality robustness of the runs
+that measured it). Files are written atomically (mmcl.report.write_text).
 """
 from __future__ import annotations
 
@@ -100,8 +101,46 @@ def compare_runs(run_dirs: Sequence[str | Path], group_by: str = "name") -> list
         for key in COMPARE_METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([m.get(key) for m in all_metrics])
         row["train_time_s_mean"] = _mean_std([r.get("train_time_s") for _, r in runs])[0]
+        row["robustness"] = robustness_means([r.get("modality_robustness") for _, r in runs])
         rows.append(row)
     return rows
+
+
+def robustness_means(tables: Sequence[dict | None]) -> dict | None:
+    """Mean over runs of results.json's ``modality_robustness`` (mmcl.evaluation): {"n": runs
+    that have one, "accuracy": all present, "without": {m: acc}, "alone": {m: acc}}, fractions;
+    None when no run has one. A condition no sample of a run counts under (accuracy None) is
+    left out of that run's share of the mean."""
+    present = [t for t in tables if t]
+    if not present:
+        return None
+    mods = list(dict.fromkeys(m for t in present for kind in ("without", "alone") for m in t.get(kind, {})))
+    out: dict[str, Any] = {"n": len(present), "accuracy": _mean_std([t.get("accuracy") for t in present])[0]}
+    for kind in ("without", "alone"):
+        out[kind] = {m: _mean_std([(t.get(kind, {}).get(m) or {}).get("accuracy") for t in present])[0]
+                     for m in mods}
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f}"
+
+
+def format_robustness_markdown(rows: Sequence[dict]) -> str:
+    """Table of the rows' modality robustness (mean over the seeds that measured it, percent):
+    accuracy with every modality, without each one, and with each one alone; '' if none has it."""
+    have = [r for r in rows if r.get("robustness")]
+    if not have:
+        return ""
+    mods = list(dict.fromkeys(m for r in have for m in r["robustness"]["without"]))
+    header = ["method/variant", "preset", "seeds", "all"] + [f"without {m}" for m in mods] + \
+        [f"{m} alone" for m in mods]
+    table = [[r["variant"], r["preset"], str(r["robustness"]["n"]), _pct(r["robustness"]["accuracy"])]
+             + [_pct(r["robustness"]["without"].get(m)) for m in mods]
+             + [_pct(r["robustness"]["alone"].get(m)) for m in mods] for r in have]
+    return render_markdown([("p", "Modality robustness after the last task: accuracy (%) on every task's "
+                                  "test data, mean over the seeds that measured it:"),
+                            ("table", header, table)])
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -123,7 +162,8 @@ def format_comparison_markdown(rows: Sequence[dict], skipped: Sequence[str | Pat
     if skipped:
         blocks.append(("p", "Skipped (no results.json: unfinished or not run):"))
         blocks.append(("p", "\n".join(f"- {p}" for p in skipped)))
-    return render_markdown(blocks).rstrip() + "\n"
+    robustness = format_robustness_markdown(rows)
+    return render_markdown(blocks).rstrip() + "\n" + ("\n" + robustness.rstrip() + "\n" if robustness else "")
 
 
 _PCT_COLUMNS = {f"{k}_{s}" for k in COMPARE_METRICS for s in ("mean", "std")}
