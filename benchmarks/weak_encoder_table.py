@@ -12,29 +12,27 @@ contains 0 is inconclusive at these seeds.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
-from mmcl.paired import mean_ci
+from mmcl.compare import robustness_means
+from mmcl.paired import load_groups, mean_ci
 
 
 def load(folder: Path) -> dict[str, dict[int, dict]]:
-    out: dict[str, dict[int, dict]] = {}
-    for path in sorted(folder.glob("*/results.json")):
-        res = json.loads(path.read_text())
-        variant = re.sub(r"-s\d+$", "", path.parent.name).removeprefix(f"{res.get('preset')}-")
-        out.setdefault(variant, {})[int(res["seed"])] = res
-    return out
+    """{variant: {seed: entry}} of the finished runs under ``folder`` (mmcl.paired.load_groups:
+    runs grouped by name across seeds, the preset prefix dropped)."""
+    return {label: seeds for (_, label), seeds in load_groups([folder]).items()}
 
 
-def acc(res: dict) -> float:
-    return 100.0 * res["metrics"]["acc_last"]
+def acc(entry: dict) -> float:
+    return 100.0 * entry["metrics"]["acc_last"]
 
 
-def robust(res: dict, kind: str, modality: str) -> float | None:
-    cell = (res.get("modality_robustness") or {}).get(kind, {}).get(modality) or {}
-    return None if cell.get("accuracy") is None else 100.0 * cell["accuracy"]
+def robust(entries: list[dict], kind: str, modality: str) -> str:
+    """Mean over the entries of the accuracy (%) ``kind`` ('without' / 'alone') ``modality``."""
+    means = robustness_means([e["modality_robustness"] for e in entries])
+    value = None if means is None else means[kind].get(modality)
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
 
 
 def fmt_ci(diffs: list[float]) -> str:
@@ -45,11 +43,6 @@ def fmt_ci(diffs: list[float]) -> str:
         return f"{mean:+.2f} (one seed)"
     mark = " *" if lo > 0 or hi < 0 else ""
     return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]{mark}"
-
-
-def mean_of(xs: list[float | None]) -> str:
-    xs = [x for x in xs if x is not None]
-    return "n/a" if not xs else f"{sum(xs) / len(xs):.2f}"
 
 
 def table(pretrained: dict, weak: dict, modality: str, reference: str = "cma") -> str:
@@ -66,8 +59,8 @@ def table(pretrained: dict, weak: dict, modality: str, reference: str = "cma") -
         vs_ref = "" if variant == reference else fmt_ci([acc(weak[variant][s]) - acc(weak[reference][s]) for s in ref])
         rows.append(f"| {variant} | {' '.join(map(str, seeds))} | {sum(p) / len(p):.2f} | {sum(w) / len(w):.2f} "
                     f"| {fmt_ci([a - b for a, b in zip(w, p)])} | {vs_ref} "
-                    f"| {mean_of([robust(weak[variant][s], 'without', modality) for s in seeds])} "
-                    f"| {mean_of([robust(weak[variant][s], 'alone', modality) for s in seeds])} |")
+                    f"| {robust([weak[variant][s] for s in seeds], 'without', modality)} "
+                    f"| {robust([weak[variant][s] for s in seeds], 'alone', modality)} |")
     return "\n".join(rows) + "\n"
 
 

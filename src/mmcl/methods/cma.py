@@ -87,6 +87,7 @@ class CrossModalityAdapters(Method):
 
     def _freeze_experts(self, t: int, clean: tuple[Tensor, Tensor] | None = None) -> None:
         usage, frozen, counts, by_class, diag = [], [], [], [], []
+        diagnose = clean is not None and self.cfg.adapter.diagnostics  # clean usage alone needs no tables
         for b, adapter in enumerate(self.model.adapters):
             before = torch.nonzero(adapter.frozen).flatten().tolist()
             if self.cfg.freeze.usage == "clean":
@@ -96,7 +97,7 @@ class CrossModalityAdapters(Method):
                 c, share = adapter.usage_count.cpu(), adapter.usage_share()
             usage.append([round(float(x), 6) for x in share])
             counts.append([int(round(float(x))) for x in c])
-            if clean is not None and self.cfg.adapter.diagnostics:  # clean usage alone needs no tables
+            if diagnose:
                 by_class.append(clean[0][b].round().long().tolist())
                 diag.append(routing_stats.summarize_block(c, clean[0][b], before))
             if self.cfg.freeze.enabled:
@@ -110,7 +111,7 @@ class CrossModalityAdapters(Method):
             self.usage_history.append(usage)
             self.frozen_history.append(frozen)
             self.counts_history.append(counts)
-            if clean is not None and self.cfg.adapter.diagnostics:
+            if diagnose:
                 self.by_class_history.append(by_class)
                 self.diagnostics_history.append(diag)
                 self.scales_history.append([[round(float(x), 6) for x in s] for s in clean[1]])
