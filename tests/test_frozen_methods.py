@@ -143,6 +143,29 @@ def test_slca_aligns_the_head_on_sampled_features(fake_stamps, cache, tmp_path):
     assert len(z) == len(y) == len(m.stat_classes) * m.settings.ca_samples
 
 
+def test_slca_slow_learner_slows_the_mlps_from_task_2_on(fake_stamps, cache, tmp_path):
+    exp = experiment(fake_stamps, cache, tmp_path, "slca", **{"method.slca.slow_lr_scale": 0.0})
+    lr, made, snapshots = exp.cfg.train.lr, [], []
+    make = exp.make_optimizer
+
+    def recording(steps):
+        snapshots.append({n: p.detach().clone() for n, p in exp.model.named_parameters()
+                          if n.startswith(("proj", "fusion", "classifier"))})
+        made.append(make(steps))
+        return made[-1]
+
+    exp.make_optimizer = recording
+    exp.run()
+    first, second = ({g.get("name", "all"): g["initial_lr"] for g in opt.param_groups} for opt, _ in made)
+    assert first == {"all": lr}                                    # task 1: every MLP at the full rate
+    assert second["projections"] == 0.0 and second["heads"] == lr  # task 2: the slow learner
+    after = dict(exp.model.named_parameters())
+    mlps = [n for n in snapshots[1] if n.startswith(("proj", "fusion"))]
+    assert mlps and all(torch.equal(after[n], snapshots[1][n]) for n in mlps)  # frozen by a scale of 0
+    assert not torch.equal(after["classifier.heads.0.weight"], snapshots[1]["classifier.heads.0.weight"])
+    assert not all(torch.equal(snapshots[0][n], snapshots[1][n]) for n in mlps)  # task 1 trained them
+
+
 def test_weight_aligning_equalises_the_new_and_old_rows_mean_norm():
     head = GrowingClassifier(8)
     head.grow(3)

@@ -36,7 +36,7 @@ def cfg(schedule="cosine"):
 def test_plain_settings_keep_one_group_and_the_plain_scheduler():
     m = tiny_model()
     params = list(m.parameters())
-    opt, sched = make_optimizer(params, named_groups(m, params), cfg(), 1.0, 0.0, 10)
+    opt, sched = make_optimizer(params, named_groups(m, params), cfg(), {"experts": 1.0, "gates": 1.0}, 0.0, 10)
     assert len(opt.param_groups) == 1 and isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
@@ -46,7 +46,8 @@ def test_adapter_multiplier_and_warmup(schedule):
     params = list(m.parameters())
     groups = named_groups(m, params)
     assert list(groups) == ["experts", "gates", "heads"]
-    opt, sched = make_optimizer(params, groups, cfg(schedule), 0.5, 0.4, 10)   # warm-up: 4 of 10 steps
+    scales = {"experts": 0.5, "gates": 0.5}
+    opt, sched = make_optimizer(params, groups, cfg(schedule), scales, 0.4, 10)   # warm-up: 4 of 10 steps
     lrs = []
     for _ in range(10):
         lrs.append({g["name"]: g["lr"] for g in opt.param_groups})

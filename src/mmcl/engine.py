@@ -132,8 +132,8 @@ class Experiment(ResumableRun):
     def make_optimizer(self, steps: int):
         params = self.method.trainable_parameters()
         self.param_groups = optim.named_groups(self.model, params)
-        a = self.cfg.adapter
-        return optim.make_optimizer(params, self.param_groups, self.cfg.train, a.lr_scale, a.warmup, steps)
+        return optim.make_optimizer(params, self.param_groups, self.cfg.train, self.method.lr_scales(),
+                                    self.cfg.adapter.warmup, steps)
 
     def steps_per_epoch(self, t: int) -> int:
         return math.ceil(len(self.method.train_indices(t)) / self.cfg.train.batch_size)

@@ -1,15 +1,15 @@
 """The optimiser of one task, and what the run records about its gradients.
 
 Trainable parameters are named by what they are (``GROUPS``) from their place in MMModel, so
-that the adapters can get their own learning-rate multiplier and warm-up (``adapter.lr_scale``,
-``adapter.warmup``) and every run records the gradient norm of each group per task (issue 13:
-do the experts and gates learn at all?). The engine calls these for any method; nothing here
-knows one.
+that a group can get its own learning-rate multiplier (``adapter.lr_scale``, SLCA's slow
+learner), the adapters a warm-up (``adapter.warmup``), and every run records the gradient
+norm of each group per task (issue 13: do the experts and gates learn at all?). The engine
+calls these for any method; nothing here knows one.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,22 +43,24 @@ def named_groups(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[str, 
 
 
 def make_optimizer(params: Sequence[nn.Parameter], groups: dict[str, list[nn.Parameter]], train_cfg,
-                   adapter_lr_scale: float, adapter_warmup: float, steps: int):
-    """AdamW + the per-task schedule. Without an adapter multiplier or warm-up: one parameter
-    group and the plain schedulers, as every run before these keys (same numbers, same
-    checkpoints). Otherwise one group per name; the adapter groups' learning rate is
-    ``adapter_lr_scale`` x train.lr and rises linearly over the first ``adapter_warmup``
-    fraction of the task's steps, on top of the cosine or constant shape."""
+                   lr_scales: Mapping[str, float], warmup: float, steps: int):
+    """AdamW + the per-task schedule. Without a learning-rate multiplier other than 1 or a
+    warm-up: one parameter group and the plain schedulers, as every run before these keys (same
+    numbers, same checkpoints). Otherwise one group per name; a group's learning rate is
+    ``lr_scales[group]`` (1 if absent) x train.lr, and the adapter groups' rises linearly over
+    the first ``warmup`` fraction of the task's steps, on top of the cosine or constant shape.
+    The multipliers come from the method (``Method.lr_scales``: adapter.lr_scale for the
+    adapters, a method's own, such as SLCA's slow learner, for the others)."""
     tc, steps = train_cfg, max(1, steps)
-    if adapter_lr_scale == 1.0 and not adapter_warmup:
+    scale = {g: float(lr_scales.get(g, 1.0)) for g in groups}
+    if all(v == 1.0 for v in scale.values()) and not warmup:
         opt = torch.optim.AdamW(list(params), lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "cosine":
             return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    param_groups = [{"params": ps, "name": g, "lr": tc.lr * (adapter_lr_scale if g in ADAPTER_GROUPS else 1.0)}
-                    for g, ps in groups.items()]
+    param_groups = [{"params": ps, "name": g, "lr": tc.lr * scale[g]} for g, ps in groups.items()]
     opt = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    warm = max(1, round(adapter_warmup * steps)) if adapter_warmup else 0
+    warm = max(1, round(warmup * steps)) if warmup else 0
 
     def shape(step: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if tc.schedule == "cosine" else 1.0

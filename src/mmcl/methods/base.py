@@ -35,7 +35,7 @@ import logging
 import torch
 from torch import Tensor
 
-from mmcl import losses, parallel
+from mmcl import losses, optim, parallel
 from mmcl.data.batches import to_device
 from mmcl.data.prepared_data import PreparedData
 from mmcl.distributed import Dist
@@ -235,6 +235,11 @@ class Method:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def lr_scales(self) -> dict[str, float]:
+        """The current task's learning rate of each parameter group (mmcl.optim.GROUPS) as a
+        multiple of train.lr; groups left out train at train.lr."""
+        return {g: self.cfg.adapter.lr_scale for g in optim.ADAPTER_GROUPS}
 
     def on_encoders_changed(self) -> None:
         """Called after the engine replaced a frozen encoder (fitted on task 1)."""
