@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
+from mmcl.paired import load_groups
+
 
 def load_runs(folder: Path) -> dict[str, dict[int, dict]]:
-    """{variant: {seed: results}} of the finished runs under ``folder``."""
-    out: dict[str, dict[int, dict]] = {}
-    for path in sorted(Path(folder).glob("*/results.json")):
-        res = json.loads(path.read_text())
-        variant = re.sub(r"-s\d+$", "", path.parent.name)
-        out.setdefault(variant, {})[int(res["seed"])] = res
-    return out
+    """{variant: {seed: results}} of the finished runs under ``folder``, grouped as mmcl compare
+    groups them (mmcl.paired.load_groups: the run name less its seed; the preset is named only
+    when the folder holds several)."""
+    groups = load_groups([folder])
+    several = len({preset for preset, _ in groups}) > 1
+    return {f"{preset}-{label}" if several else label: {s: e["results"] for s, e in by_seed.items()}
+            for (preset, label), by_seed in groups.items()}
 
 
 def routing_cells(res: dict, alpha: float = 1e-3) -> tuple[int, int] | None:
