@@ -1,0 +1,89 @@
+"""Summarise the routing and training diagnostics of a sweep's runs with adapters, per task,
+over seeds: the evidence behind the README's explanations of the claims (issue 19).
+
+For every variant (grouped as ``mmcl compare`` groups runs) whose runs recorded routing
+diagnostics, one row per task with the range over seeds (min-max) of:
+- frozen experts per block after the task (``frozen_experts``; the fewest and most of any block);
+- ``frozen_share``: the share of the task's own clean routing that goes to experts frozen
+  after earlier tasks (``routing_diagnostics``; range over blocks and seeds);
+- the clean gate-logit std and the gate-noise std (``gate_scales``);
+- the loss terms (``train_losses``) and the gradient norms of experts, gates and projections
+  (``grad_norms``), means over seeds.
+
+    python benchmarks/cma_diagnostics.py runs/tuxpaint-large-paired --out OUT.md
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from mmcl.paired import load_groups
+
+LOSS_TERMS = ("cls", "align", "distil", "preserve")
+GRAD_GROUPS = ("experts", "gates", "projections", "heads")
+
+
+def span(values: list[float], fmt: str = "{:.2f}") -> str:
+    """'lo-hi' (or one value when they agree) of the values, '' without any."""
+    if not values:
+        return ""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def task_rows(runs: dict[int, dict]) -> list[dict]:
+    """One row per task of the diagnostics of ``runs`` ({seed: results.json})."""
+    results = list(runs.values())
+    tasks = min(len(r.get("frozen_experts") or []) for r in results)
+    rows = []
+    for t in range(tasks):
+        frozen = [len(block) for r in results for block in r["frozen_experts"][t]]
+        shares = [cell["frozen_share"] for r in results for cell in (r.get("routing_diagnostics") or [[]] * tasks)[t]
+                  if cell.get("frozen_share") is not None] if t > 0 else []
+        scales = [s for r in results for s in (r.get("gate_scales") or [[]] * tasks)[t]]
+        losses = {k: [r["train_losses"][t][k] for r in results if k in (r.get("train_losses") or [{}] * tasks)[t]]
+                  for k in LOSS_TERMS}
+        grads = {k: [r["grad_norms"][t][k] for r in results if k in (r.get("grad_norms") or [{}] * tasks)[t]]
+                 for k in GRAD_GROUPS}
+        rows.append({"task": t + 1, "frozen": span(frozen, "{:d}"), "frozen_share": span(shares),
+                     "clean_std": span([s[0] for s in scales]), "noise_std": span([s[1] for s in scales]),
+                     **{f"loss_{k}": f"{statistics.fmean(v):.2f}" if v else "" for k, v in losses.items()},
+                     **{f"grad_{k}": f"{statistics.fmean(v):.2f}" if v else "" for k, v in grads.items()}})
+    return rows
+
+
+COLUMNS = [("task", "task"), ("frozen", "frozen experts per block"), ("frozen_share", "frozen_share"),
+           ("clean_std", "clean gate std"), ("noise_std", "noise std"),
+           *((f"loss_{k}", f"L_{k}") for k in LOSS_TERMS), *((f"grad_{k}", f"|g| {k}") for k in GRAD_GROUPS)]
+
+
+def markdown(folder: str) -> str:
+    groups = load_groups([folder])
+    out = [f"# Routing and training diagnostics of `{folder}`", "",
+           f"`python benchmarks/cma_diagnostics.py {folder}`. Ranges are min-max over seeds (and blocks);",
+           "losses and gradient norms are means over seeds of each task's mean over its steps.", ""]
+    for (preset, label), runs in sorted(groups.items()):
+        with_adapters = {s: e["results"] for s, e in runs.items() if e["results"].get("frozen_experts")}
+        if not with_adapters:
+            continue
+        out += [f"## {label} ({preset}, seeds {', '.join(map(str, sorted(with_adapters)))})", "",
+                "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        out += ["| " + " | ".join(str(row[k]) for k, _ in COLUMNS) + " |" for row in task_rows(with_adapters)]
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--out", help="write the markdown to this file")
+    args = ap.parse_args()
+    text = markdown(args.folder)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
