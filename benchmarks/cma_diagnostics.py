@@ -32,6 +32,12 @@ def span(values: list[float], fmt: str = "{:.2f}") -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
+def at_task(results: dict, key: str, t: int, empty):
+    """``results[key][t]``, or ``empty`` where the run did not record it."""
+    recorded = results.get(key) or []
+    return recorded[t] if t < len(recorded) else empty
+
+
 def task_rows(runs: dict[int, dict]) -> list[dict]:
     """One row per task of the diagnostics of ``runs`` ({seed: results.json})."""
     results = list(runs.values())
@@ -39,13 +45,11 @@ def task_rows(runs: dict[int, dict]) -> list[dict]:
     rows = []
     for t in range(tasks):
         frozen = [len(block) for r in results for block in r["frozen_experts"][t]]
-        shares = [cell["frozen_share"] for r in results for cell in (r.get("routing_diagnostics") or [[]] * tasks)[t]
+        shares = [cell["frozen_share"] for r in results for cell in at_task(r, "routing_diagnostics", t, [])
                   if cell.get("frozen_share") is not None] if t > 0 else []
-        scales = [s for r in results for s in (r.get("gate_scales") or [[]] * tasks)[t]]
-        losses = {k: [r["train_losses"][t][k] for r in results if k in (r.get("train_losses") or [{}] * tasks)[t]]
-                  for k in LOSS_TERMS}
-        grads = {k: [r["grad_norms"][t][k] for r in results if k in (r.get("grad_norms") or [{}] * tasks)[t]]
-                 for k in GRAD_GROUPS}
+        scales = [s for r in results for s in at_task(r, "gate_scales", t, [])]
+        losses = {k: [d[k] for d in (at_task(r, "train_losses", t, {}) for r in results) if k in d] for k in LOSS_TERMS}
+        grads = {k: [d[k] for d in (at_task(r, "grad_norms", t, {}) for r in results) if k in d] for k in GRAD_GROUPS}
         rows.append({"task": t + 1, "frozen": span(frozen, "{:d}"), "frozen_share": span(shares),
                      "clean_std": span([s[0] for s in scales]), "noise_std": span([s[1] for s in scales]),
                      **{f"loss_{k}": f"{statistics.fmean(v):.2f}" if v else "" for k, v in losses.items()},
