@@ -30,7 +30,7 @@ def acc(entry: dict) -> float:
 
 def robust(entries: list[dict], kind: str, modality: str) -> str:
     """Mean over the entries of the accuracy (%) ``kind`` ('without' / 'alone') ``modality``."""
-    means = robustness_means([e["modality_robustness"] for e in entries])
+    means = robustness_means([e["results"].get("modality_robustness") for e in entries])
     value = None if means is None else means[kind].get(modality)
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 

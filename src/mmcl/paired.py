@@ -95,8 +95,8 @@ def mean_ci(diffs: Sequence[float], level: float = 0.95) -> tuple[float | None, 
 
 def load_groups(run_dirs: Sequence[str | Path], group_by: str = "name") -> dict[tuple[str, str], dict[int, dict]]:
     """{(preset, group label): {seed: {"metrics": ..., "config": ..., "method": ..., "run": path,
-    "modality_robustness": ... or None, "results": the whole results.json}}} of the finished
-    runs. Two runs of one group with the same seed are an error (which to pair?)."""
+    "results": the whole results.json}}} of the finished runs. Two runs of one group with the
+    same seed are an error (which to pair?)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for p in expand_run_dirs(run_dirs):
         if not (p / RESULTS_FILE).is_file():
@@ -109,7 +109,7 @@ def load_groups(run_dirs: Sequence[str | Path], group_by: str = "name") -> dict[
                              f"(preset {key[0]}): name runs so that each group has one run per seed")
         groups[key][seed] = {"metrics": run_metrics(res)[0], "config": res.get("config") or {},
                              "method": str(res.get("method") or "?"), "run": str(p),
-                             "modality_robustness": res.get("modality_robustness"), "results": res}
+                             "results": res}
     return groups
 
 
