@@ -69,15 +69,21 @@ def test_compare_reference_writes_csv_and_marks_intervals(runs, tmp_path, capsys
     with open(prefix.with_name("cmp.paired.csv")) as f:
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == PAIRED_CSV_COLUMNS
-    got = {(r[0], r[1]): r for r in rows[1:]}
+    got = {(r[1], r[2]): r for r in rows[1:]}
     er = got[("acc_last", "er")]
-    assert er[2] == "cma" and er[3] == "3" and float(er[4]) == pytest.approx(-6.0)
+    assert er[0] == "tuxpaint" and er[3] == "cma" and er[4] == "3" and float(er[5]) == pytest.approx(-6.0)
     md = prefix.with_name("cmp.paired.md").read_text()
     ft_line = next(line for line in md.splitlines() if "| finetune |" in line and line.startswith("| acc_last"))
     er_line = next(line for line in md.splitlines() if "| er |" in line and line.startswith("| acc_last"))
     assert "**-34.75** *" in ft_line      # interval excludes 0
     assert "*" not in er_line.replace("| acc_last |", "")  # contains 0: not marked
     assert prefix.with_name("cmp.claims.md").is_file()
+    with open(prefix.with_name("cmp.claims.csv")) as f:
+        claims = list(csv.DictReader(f))
+    every = next(r for r in claims if r["other"] == "every baseline" and "above" in r["claim"])
+    assert every["verdict"] in ("holds", "does not hold", "inconclusive") and every["mean"] == ""
+    er_claim = next(r for r in claims if r["other"] == "er" and "above" in r["claim"])
+    assert float(er_claim["mean"]) == pytest.approx(6.0)  # cma − er, the sign opposite the paired csv
     assert main(["compare", str(runs), "--out", str(prefix), "--reference", "nope"]) == 1
     assert "'nope' is not among" in capsys.readouterr().err
 

@@ -21,9 +21,11 @@ from typing import Any
 from .paired import paired_differences
 from .report import render_markdown, write_text
 
-__all__ = ["CLAIMS", "Claim", "check_claims", "format_claims_markdown", "write_claims"]
+__all__ = ["CLAIMS", "CLAIMS_CSV_COLUMNS", "Claim", "check_claims", "format_claims_markdown", "write_claims"]
 
 UPPER_BOUNDS = {"joint"}
+# PREFIX.claims.csv: reference − other in percentage points (4 decimals), empty where not measured.
+CLAIMS_CSV_COLUMNS = ("preset", "claim", "other", "n_seeds", "mean", "ci_low", "ci_high", "verdict")
 
 
 @dataclass(frozen=True)
@@ -125,5 +127,17 @@ def format_claims_markdown(rows: Sequence[dict], reference: str) -> str:
 
 
 def write_claims(rows: Sequence[dict], prefix: str | Path, reference: str) -> list[Path]:
+    """``PREFIX.claims.md`` and ``PREFIX.claims.csv`` (CLAIMS_CSV_COLUMNS), so that tables built
+    from a comparison (benchmarks/readme_comparison.py) need the committed files only, not the runs."""
+    import csv
+    import io
+
     prefix = Path(prefix)
-    return [write_text(prefix.with_name(prefix.name + ".claims.md"), format_claims_markdown(rows, reference))]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CLAIMS_CSV_COLUMNS)
+    for r in rows:
+        w.writerow(["" if r[c] is None else f"{100.0 * r[c]:.4f}" if c in ("mean", "ci_low", "ci_high")
+                    else str(r[c]) for c in CLAIMS_CSV_COLUMNS])
+    return [write_text(prefix.with_name(prefix.name + ".claims.md"), format_claims_markdown(rows, reference)),
+            write_text(prefix.with_name(prefix.name + ".claims.csv"), buf.getvalue())]

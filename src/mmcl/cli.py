@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--reference", metavar="NAME",
                       help="also the paired differences of every other method/variant minus NAME on shared "
                            "seeds (mean, 95 %% t-interval; PREFIX.paired.md/.csv) and the paper's claims "
-                           "(PREFIX.claims.md)")
+                           "(PREFIX.claims.md/.csv)")
     sub.add_parser("list", help="presets, methods, data sets and encoders")
     c = sub.add_parser("config", help="print the resolved config of a preset, or the key reference")
     c.add_argument("preset", nargs="?")

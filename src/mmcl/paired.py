@@ -24,7 +24,7 @@ from .results import RESULTS_FILE, is_missing, load_results, run_metrics
 __all__ = ["PAIRED_CSV_COLUMNS", "format_paired_markdown", "load_groups", "paired_differences",
            "t_quantile", "write_paired"]
 
-PAIRED_CSV_COLUMNS = ("metric", "method", "reference", "n_seeds", "mean_diff", "ci_low", "ci_high")
+PAIRED_CSV_COLUMNS = ("preset", "metric", "method", "reference", "n_seeds", "mean_diff", "ci_low", "ci_high")
 # Metrics where lower is better (a negative difference is an improvement).
 LOWER_IS_BETTER = {"forgetting"}
 
