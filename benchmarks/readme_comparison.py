@@ -51,7 +51,8 @@ def _diff(row: dict | None) -> tuple[str, str]:
 
 def ordered(rows: list[dict], reference: str) -> list[dict]:
     """The reference, its ablations (rows of its method), then the others; each by acc_last."""
-    key = (lambda r: -float(r["acc_last_mean"] or "nan"))
+    def key(r: dict) -> float:                        # rows without acc_last go last
+        return -float(r["acc_last_mean"] or "-inf")
     ref = [r for r in rows if r["variant"] == reference]
     method = ref[0]["method"] if ref else reference
     ablations = sorted((r for r in rows if r["method"] == method and r["variant"] != reference), key=key)
@@ -62,7 +63,8 @@ def ordered(rows: list[dict], reference: str) -> list[dict]:
 def preset_section(preset: str, rows: list[dict], paired: list[dict], claims: list[dict], reference: str) -> str:
     rows = ordered(rows, reference)
     out = [f"#### {preset}", "",
-           "| method/variant | seeds | acc_last (%) | acc_avg_incremental (%) | forgetting (%) | train time (s, mean) |",
+           "| method/variant | seeds | acc_last (%) | acc_avg_incremental (%) | forgetting (%) "
+           "| train time (s, mean) |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         name = f"**{r['variant']}**" if r["variant"] == reference else r["variant"]

@@ -45,9 +45,10 @@ def test_tables_order_rows_mark_intervals_and_name_the_baselines_that_break_a_cl
     lines = body.splitlines()
     assert lines[0] == "#### p"
     first_table = [ln.split(" | ")[0].lstrip("| ") for ln in lines[4:8]]
-    assert first_table == ["**cma**", "no-adapters", "er", "lwf"]      # reference, ablation, then by acc_last
+    # the reference, its ablation, then the others by acc_last
+    assert first_table == ["**cma**", "no-adapters", "er", "lwf"]
     er = next(ln for ln in lines if ln.startswith("| er | 5 |") and "[" in ln)
-    assert "**+10.20** *" in er and "| **-5.00** * |" in er                                     # er − cma: mean of 0.1 + 0.001 s
+    assert "**+10.20** *" in er and "| **-5.00** * |" in er  # er − cma: 0.1 + 0.001 s; forgetting -0.05
     na = next(ln for ln in lines if ln.startswith("| no-adapters | 5 |") and "[" in ln)
     assert "*" not in na                                            # interval contains 0
     above = next(ln for ln in lines if ln.startswith("| the method above every baseline"))
