@@ -99,6 +99,9 @@ def claim_runs(root, noise_seed_diffs):
                   {**REF_CONFIG, "model": {"adapters": False}})
         write_run(root, f"tuxpaint-no-freeze-s{s}", "cma", s, 0.70, 0.20 + noise_seed_diffs[s],
                   {**REF_CONFIG, "freeze": {"enabled": False}})
+        # a combined ablation: no adapters and no alignment; not the claim's "no adapters"
+        write_run(root, f"tuxpaint-no-adapters-no-align-s{s}", "cma", s, 0.60, 0.20,
+                  {**REF_CONFIG, "model": {"adapters": False}, "loss": {"align_kind": "joint", "align": 0}})
 
 
 def test_claims_holds_does_not_hold_inconclusive(tmp_path):
@@ -112,6 +115,7 @@ def test_claims_holds_does_not_hold_inconclusive(tmp_path):
     assert v[(acc, "every baseline")]["verdict"] == "holds"
     assert v[("the method forgets less than every baseline", "er")]["verdict"] == "holds"
     ad = v[("adapters above no adapters (acc_last)", "no-adapters")]
+    assert ("adapters above no adapters (acc_last)", "no-adapters-no-align") not in v
     assert ad["verdict"] == "does not hold" and ad["ci_high"] < 0
     fr = v[("expert freezing lowers forgetting", "no-freeze")]
     assert fr["verdict"] == "inconclusive" and fr["ci_low"] < 0 < fr["ci_high"]

@@ -9,7 +9,8 @@ reference − other. A claim *holds* when the 95 % interval lies entirely on the
 against one, and is inconclusive otherwise. Baselines are the groups of another method than
 the reference's, except ``joint`` (trained on all data so far: an upper bound, not a rival).
 Ablations are found by their config (results.json), not their names: the group of the
-reference's method whose runs all have the ablation's value of the key.
+reference's method whose runs all have the ablation's value of the key and whose config differs
+least from the reference's (so a combined ablation does not stand in for the single one).
 """
 from __future__ import annotations
 
@@ -66,10 +67,30 @@ def _verdict(row: dict, better: str) -> tuple[str, float | None, float | None, f
     return ("holds" if claimed else "does not hold" if against else "inconclusive"), mean, lo, hi
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _distance(a: dict, b: dict) -> int:
+    """How many config keys (run.* aside: seed, name, folders) two runs' configs differ in."""
+    fa, fb = _flat(a), _flat(b)
+    return sum(fa.get(k) != fb.get(k) for k in set(fa) | set(fb) if not k.startswith("run."))
+
+
 def _others(claim: Claim, groups: dict, preset: str, reference: str) -> list[str]:
+    """The groups a claim compares the reference with: for a baseline claim every group of another
+    method (not an upper bound); for an ablation the group(s) of the reference's method with the
+    ablation's values that differ least from the reference's config, so that a combined ablation
+    (no adapters and no alignment) does not stand in for the single one."""
     ref_runs = groups[(preset, reference)]
     ref_method = next(iter(ref_runs.values()))["method"]
-    labels = []
+    labels, distance = [], {}
     for (p, label), runs in groups.items():
         if p != preset or label == reference:
             continue
@@ -81,6 +102,9 @@ def _others(claim: Claim, groups: dict, preset: str, reference: str) -> list[str
                 all(_get(r["config"], k) == v for k, v in claim.variant.items()) for r in runs.values()) and any(
                 any(_get(r["config"], k) != v for k, v in claim.variant.items()) for r in ref_runs.values()):
             labels.append(label)
+            distance[label] = _distance(next(iter(runs.values()))["config"], next(iter(ref_runs.values()))["config"])
+    if distance:
+        labels = [label for label in labels if distance[label] == min(distance.values())]
     return labels
 
 
