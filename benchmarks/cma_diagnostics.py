@@ -10,6 +10,10 @@ diagnostics, one row per task with the range over seeds (min-max) of:
 - the loss terms (``train_losses``) and the gradient norms of experts, gates and projections
   (``grad_norms``), means over seeds.
 
+Then, for every variant (with adapters or not), the accuracy on each task's classes after the
+last task and just after learning it (the accuracy matrix's last row and diagonal), means over
+seeds: which tasks a method loses, and whether it learnt them as well in the first place.
+
     python benchmarks/cma_diagnostics.py runs/tuxpaint-large-paired --out OUT.md
 """
 from __future__ import annotations
@@ -57,6 +61,24 @@ def task_rows(runs: dict[int, dict]) -> list[dict]:
     return rows
 
 
+def per_task_accuracy(runs: dict[int, dict]) -> tuple[list[float], list[float]]:
+    """(final, just learnt) accuracy per task in %, means over the seeds of ``runs``."""
+    matrices = [r["accuracy_matrix"] for r in runs.values()]
+    tasks = min(len(m) for m in matrices)
+    final = [100 * statistics.fmean(m[tasks - 1][t] for m in matrices) for t in range(tasks)]
+    learnt = [100 * statistics.fmean(m[t][t] for m in matrices) for t in range(tasks)]
+    return final, learnt
+
+
+def accuracy_section(groups: dict) -> list[str]:
+    out = ["## Accuracy per task (%, means over seeds): after the last task / just after learning it", ""]
+    for (preset, label), runs in sorted(groups.items()):
+        final, learnt = per_task_accuracy({s: e["results"] for s, e in runs.items()})
+        out.append(f"- {label} ({preset}, {len(runs)} seeds): final {', '.join(f'{a:.1f}' for a in final)}"
+                   f" / just learnt {', '.join(f'{a:.1f}' for a in learnt)}")
+    return out + [""]
+
+
 COLUMNS = [("task", "task"), ("frozen", "frozen experts per block"), ("frozen_share", "frozen_share"),
            ("clean_std", "clean gate std"), ("noise_std", "noise std"),
            *((f"loss_{k}", f"L_{k}") for k in LOSS_TERMS), *((f"grad_{k}", f"|g| {k}") for k in GRAD_GROUPS)]
@@ -75,7 +97,7 @@ def markdown(folder: str) -> str:
                 "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         out += ["| " + " | ".join(str(row[k]) for k, _ in COLUMNS) + " |" for row in task_rows(with_adapters)]
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + accuracy_section(groups))
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ PREFIX.claims.csv), so they are regenerated without the runs:
         --out benchmarks/results/comparison_readme.md --readme README.md
 
 Per preset: the table (acc_last, acc_avg_incremental, forgetting, training time; the reference,
-then its ablations, then the other methods, each by acc_last), the paired differences against
+then its ablations, then the other methods, each by acc_last) with its compute (runs, summed
+training time), the paired differences against
 the reference (acc_last and forgetting, 95 % intervals, bold where the interval excludes 0) and
 the claims' verdicts (per baseline claim, the baselines that break it). ``--readme`` replaces
 what lies between the markers BEGIN and END in that file; the explanations stay hand-written
@@ -60,6 +61,15 @@ def ordered(rows: list[dict], reference: str) -> list[dict]:
     return ref + ablations + others
 
 
+def compute_line(rows: list[dict]) -> str:
+    """The compute behind a preset's table: its runs and their summed training time (the mean
+    times the seeds of each row; train_time_s counts training only, not evaluation or the one-off
+    feature caching)."""
+    runs = sum(int(r["n_seeds"]) for r in rows)
+    seconds = sum(float(r["train_time_s_mean"]) * int(r["n_seeds"]) for r in rows if r["train_time_s_mean"])
+    return f"Compute: {runs} runs, {seconds / 3600:.2f} h of training summed over them (train_time_s)."
+
+
 def preset_section(preset: str, rows: list[dict], paired: list[dict], claims: list[dict], reference: str) -> str:
     rows = ordered(rows, reference)
     out = [f"#### {preset}", "",
@@ -70,6 +80,7 @@ def preset_section(preset: str, rows: list[dict], paired: list[dict], claims: li
         name = f"**{r['variant']}**" if r["variant"] == reference else r["variant"]
         out.append(f"| {name} | {r['n_seeds']} | {_pm(r, 'acc_last')} | {_pm(r, 'acc_avg_incremental')} | "
                    f"{_pm(r, 'forgetting')} | {r['train_time_s_mean'] or 'n/a'} |")
+    out += ["", compute_line(rows)]
     by = {(p["metric"], p["method"]): p for p in paired if p["preset"] == preset}
     out += ["", f"Paired differences, method − {reference} on the same seeds (percentage points, 95 % "
             "Student-t interval; * the interval excludes 0):", "",

@@ -39,3 +39,15 @@ def test_rows_give_ranges_over_seeds_and_blocks_and_means_of_losses(tmp_path):
     text = diag.markdown(str(tmp_path))
     assert "## cma (p, seeds 0, 1)" in text and "## er" not in text
     assert "| 2 | 1-9 | 0.30-0.80 |" in text
+
+
+def test_accuracy_per_task_covers_every_variant_final_row_and_diagonal(tmp_path):
+    for seed, (first, second) in enumerate([(0.5, 0.8), (0.7, 0.6)]):
+        d = tmp_path / f"p-er-s{seed}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "name": d.name, "preset": "p", "method": "er", "seed": seed,
+            "accuracy_matrix": [[0.9 - 0.1 * seed, None], [first, second]]}))
+    text = diag.markdown(str(tmp_path))
+    # final: task 1 mean(0.5, 0.7), task 2 mean(0.8, 0.6); just learnt: mean(0.9, 0.8), mean(0.8, 0.6)
+    assert "- er (p, 2 seeds): final 60.0, 70.0 / just learnt 85.0, 70.0" in text

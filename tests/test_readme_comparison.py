@@ -47,6 +47,8 @@ def test_tables_order_rows_mark_intervals_and_name_the_baselines_that_break_a_cl
     first_table = [ln.split(" | ")[0].lstrip("| ") for ln in lines[4:8]]
     # the reference, its ablation, then the others by acc_last
     assert first_table == ["**cma**", "no-adapters", "er", "lwf"]
+    # 4 rows x 5 seeds at train_time_s 10.0: 200 s
+    assert "Compute: 20 runs, 0.06 h of training summed over them (train_time_s)." in lines
     er = next(ln for ln in lines if ln.startswith("| er | 5 |") and "[" in ln)
     assert "**+10.20** *" in er and "| **-5.00** * |" in er  # er − cma: 0.1 + 0.001 s; forgetting -0.05
     na = next(ln for ln in lines if ln.startswith("| no-adapters | 5 |") and "[" in ln)
